@@ -46,6 +46,11 @@ def to_typed(cfg: DictConfig) -> GenerateConfig:
     return OmegaConf.to_object(cfg)
 
 
+def validate_composed(cfg: DictConfig) -> None:
+    """Everything that can be checked without a model: types, ranges, backend support."""
+    validate(to_typed(cfg))
+
+
 def job_configs(cfg: DictConfig) -> list[DictConfig]:
     """The configs of the settings this process must run."""
     hydra_cfg = HydraConfig.get()

@@ -110,8 +110,6 @@ class LlamaCppBackend(Backend):
                 f"backend.n_ctx={llm.n_ctx()}; raise backend.n_ctx or lower max_tokens")
         llm.last_n_tokens_size = sampling.repeat_last_n if sampling.repeat_last_n is not None else DEFAULT_REPEAT_LAST_N
         llm.set_seed(request.seed)
-        if "grammar" in options:
-            options["grammar"].reset()
         n_vocab = llm.n_vocab()
         tokens: list[int] = []
         logprobs: list[float] = []

@@ -1,0 +1,1 @@
+"""The harness's Hydra plugins (discovered by Hydra through the hydra_plugins namespace)."""
