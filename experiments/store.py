@@ -186,7 +186,8 @@ def stories_frame(path: str | os.PathLike, with_logprobs: bool = False):
     """The store as a tidy DataFrame, one row per story.
 
     Each sampling parameter of ``setting`` becomes its own column (``temperature``,
-    ``top_p``, ...), so analysis code can group and correlate on them directly.
+    ``top_p``, ...), so analysis code can group and correlate on them directly;
+    the setting's base seed becomes ``base_seed`` (``seed`` is the story's own).
     ``token_logprobs`` is left out unless asked for: it is the bulk of the file.
     """
     import pandas as pd
@@ -197,6 +198,8 @@ def stories_frame(path: str | os.PathLike, with_logprobs: bool = False):
         if not with_logprobs:
             row.pop("token_logprobs", None)
         for key, value in (story.get("setting") or {}).items():
-            row[key] = value if not isinstance(value, (list, dict)) else json.dumps(value, sort_keys=True)
+            # The setting's base seed must not overwrite the story's own seed.
+            column = "base_seed" if key == "seed" else (f"setting.{key}" if key in story else key)
+            row[column] = value if not isinstance(value, (list, dict)) else json.dumps(value, sort_keys=True)
         rows.append(row)
     return pd.DataFrame(rows)

@@ -83,3 +83,9 @@ def test_concurrent_writers_never_tear_or_duplicate(tmp_path):
     assert lines[-1] == b""
     ids = [json.loads(line)["story_id"] for line in lines[:-1]]
     assert len(ids) == len(set(ids)) == 25 + 4 * 25
+
+
+def test_stories_frame_keeps_the_story_seed_apart_from_the_base_seed(tmp_path):
+    StoryStore(tmp_path).append({"story_id": "a", "seed": 12345, "setting": {"seed": 0, "temperature": 1.0}})
+    frame = stories_frame(tmp_path / "stories.jsonl")
+    assert frame.loc[0, "seed"] == 12345 and frame.loc[0, "base_seed"] == 0

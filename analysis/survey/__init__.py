@@ -1,0 +1,22 @@
+"""Human evaluation: blinded, balanced survey packets out; ratings back in.
+
+``python -m analysis.survey export ...`` builds the survey from a run
+(:func:`export_survey`); ``python -m analysis.survey import ...`` reads the
+responses back into the long ratings table (:func:`import_ratings`).
+"""
+
+from analysis.survey.config import ExportConfig, ImportConfig, SurveyError
+
+__all__ = ["ExportConfig", "ImportConfig", "SurveyError", "export_survey", "import_ratings"]
+
+
+def export_survey(config: ExportConfig):
+    from analysis.survey.export import export_survey as run
+
+    return run(config)
+
+
+def import_ratings(config: ImportConfig):
+    from analysis.survey.ingest import import_ratings as run
+
+    return run(config)
