@@ -82,39 +82,41 @@ def repair_torn_tail(path: Path) -> int:
 
 
 def iter_stories(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """Yield the stories of a store, skipping (and reporting) a torn last line."""
+    """Yield the stories of a store one line at a time, skipping (and reporting) a torn last line."""
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: no such story store (expected a stories.jsonl file)")
     with open(path, "rb") as handle:
-        lines = handle.read().split(b"\n")
-    last_index = len(lines) - 1
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            story = json.loads(raw)
-        except ValueError as error:
-            if number - 1 == last_index:
-                log.warning("%s: line %d is torn (interrupted write), skipped", path, number)
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
-            raise StoreError(f"{path}: line {number} is not valid JSON ({error})") from None
-        if not isinstance(story, dict) or "story_id" not in story:
-            raise StoreError(f"{path}: line {number} has no 'story_id' field")
-        yield story
+            try:
+                story = json.loads(raw)
+            except ValueError as error:
+                # Only the last line can lack its newline: that is a write cut short.
+                if not raw.endswith(b"\n"):
+                    log.warning("%s: line %d is torn (interrupted write), skipped", path, number)
+                    continue
+                raise StoreError(f"{path}: line {number} is not valid JSON ({error})") from None
+            if not isinstance(story, dict) or "story_id" not in story:
+                raise StoreError(f"{path}: line {number} has no 'story_id' field")
+            yield story
 
 
-def read_stories(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All stories of a store, in file order; the first copy wins on a duplicate id."""
+def unique_stories(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """The stories of a store in file order, streamed; the first copy wins on a duplicate id."""
     seen: set[str] = set()
-    stories = []
     for story in iter_stories(path):
         if story["story_id"] in seen:
             log.warning("%s: duplicate story_id %s ignored", path, story["story_id"])
             continue
         seen.add(story["story_id"])
-        stories.append(story)
-    return stories
+        yield story
+
+
+def read_stories(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All stories of a store, in file order; the first copy wins on a duplicate id."""
+    return list(unique_stories(path))
 
 
 class StoryStore:
@@ -193,7 +195,8 @@ def stories_frame(path: str | os.PathLike, with_logprobs: bool = False):
     import pandas as pd
 
     rows = []
-    for story in read_stories(path):
+    # Streamed, so that the log-probs of every story are never all in memory at once.
+    for story in unique_stories(path):
         row = {key: value for key, value in story.items() if key != "setting"}
         if not with_logprobs:
             row.pop("token_logprobs", None)
