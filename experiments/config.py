@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -148,6 +149,71 @@ class LlamaCppBackendConfig(BackendConfig):
         _check(self.n_ctx >= 16, "backend.n_ctx", self.n_ctx, "an integer >= 16")
 
 
+class ServerProfile(str, Enum):
+    """Which OpenAI-compatible server is behind ``base_url``: it decides which sampling
+    parameters can be sent and under what name (experiments/backends/openai_profiles.py)."""
+
+    openai = "openai"
+    vllm = "vllm"
+    llamacpp = "llamacpp"
+    ollama = "ollama"
+
+
+class Endpoint(str, Enum):
+    """``auto`` sends chat messages to /chat/completions and a raw prompt to /completions."""
+
+    auto = "auto"
+    chat = "chat"
+    completions = "completions"
+
+
+@dataclass
+class OpenAIBackendConfig(BackendConfig):
+    """A model behind an OpenAI-compatible HTTP API (OpenAI, vLLM, llama.cpp's server, Ollama).
+
+    The API key is read from the environment variable named by ``api_key_env``
+    when the backend loads; it is never part of a config, so it never reaches
+    Hydra's saved config, a log, a story or a manifest. The inherited
+    model-file fields are unused: the server owns the weights.
+    """
+
+    name: str = "openai"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    api_key_env: str = "OPENAI_API_KEY"
+    profile: ServerProfile = ServerProfile.llamacpp
+    endpoint: Endpoint = Endpoint.auto
+    logprobs: bool = True  # ask for token log-probs where the profile says the server can give them
+    max_concurrency: int = 4  # requests in flight at once
+    requests_per_minute: Optional[float] = None  # null: no limit
+    max_retries: int = 6  # per request, on 429, 5xx, timeouts and dropped connections
+    timeout_s: float = 600.0  # per request: a long story on a busy server takes minutes
+    backoff_base_s: float = 1.0  # first retry after about this long, doubling each time
+    backoff_max_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        p = "backend."
+        _check(self.base_url.startswith(("http://", "https://")), p + "base_url", self.base_url,
+               "an http:// or https:// URL of the API root, e.g. http://127.0.0.1:8000/v1")
+        _check(bool(self.model.strip()), p + "model", self.model,
+               "the model name the server serves (as listed by GET <base_url>/models)")
+        if not (self.api_key_env.replace("_", "").isalnum() and self.api_key_env.isascii()):
+            # The value is not echoed: it may be a key pasted in by mistake.
+            raise ConfigError("backend.api_key_env must be the NAME of an environment variable (letters, digits "
+                              "and '_') that holds the API key, never the key itself (the value given is not shown)")
+        _check(self.max_concurrency >= 1, p + "max_concurrency", self.max_concurrency, "an integer >= 1")
+        if self.requests_per_minute is not None:
+            _check(self.requests_per_minute > 0 and _finite(self.requests_per_minute), p + "requests_per_minute",
+                   self.requests_per_minute, "a number > 0, or null for no limit")
+        _check(self.max_retries >= 0, p + "max_retries", self.max_retries, "an integer >= 0")
+        _check(self.timeout_s > 0 and _finite(self.timeout_s), p + "timeout_s", self.timeout_s,
+               "a number of seconds > 0")
+        _check(self.backoff_base_s > 0 and _finite(self.backoff_base_s), p + "backoff_base_s", self.backoff_base_s,
+               "a number of seconds > 0")
+        _check(self.backoff_max_s >= self.backoff_base_s and _finite(self.backoff_max_s), p + "backoff_max_s",
+               self.backoff_max_s, f"a number of seconds >= backend.backoff_base_s ({self.backoff_base_s})")
+
+
 @dataclass
 class GenerateConfig:
     backend: BackendConfig = MISSING
@@ -165,5 +231,6 @@ def register_configs() -> None:
     store.store(name="generate_schema", node=GenerateConfig)
     store.store(group="backend", name="hf_schema", node=HFBackendConfig)
     store.store(group="backend", name="llamacpp_schema", node=LlamaCppBackendConfig)
+    store.store(group="backend", name="openai_schema", node=OpenAIBackendConfig)
     store.store(group="sampling", name="sampling_schema", node=SamplingConfig)
     store.store(group="prompt", name="prompt_schema", node=PromptConfig)

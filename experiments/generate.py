@@ -15,6 +15,7 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,6 +25,18 @@ from experiments.run import run_generation, validate
 log = logging.getLogger("experiments.generate")
 
 register_configs()
+
+EXIT_CONFIG_ERROR = 2
+EXIT_INCOMPLETE = 3
+
+
+class SweepIncomplete(CompactHydraException):
+    """Raised by a job of a -m sweep that left stories ungenerated.
+
+    An exception, not sys.exit: Hydra records the job as failed and runs the
+    remaining jobs, then reports the first failure in one line and exits
+    non-zero. (sys.exit in a job would end the whole sweep at once.)
+    """
 
 
 def grid_overrides(sweeper_params: dict[str, str], task_overrides: list[str]) -> list[list[str]]:
@@ -72,16 +85,26 @@ def generate(cfg: DictConfig) -> int:
         "(%d tokens in %.1f s, %.1f tokens/s) -> %s",
         summary.settings, summary.requested, summary.already_present, summary.generated, summary.tokens,
         summary.seconds, summary.tokens_per_second, ", ".join(f"{d}/stories.jsonl" for d in summary.out_dirs))
+    if not summary.complete:
+        log.error("the sweep is INCOMPLETE: %d stories failed after all retries (run the same command again "
+                  "to retry them):\n%s", len(summary.failed),
+                  "\n".join(f"  {f.request.story_id} (sample {f.request.sample_index}): {f.error}" for f in summary.failed))
+        return EXIT_INCOMPLETE
     return 0
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
-        generate(cfg)
+        status = generate(cfg)
     except ConfigError as error:
         log.error("configuration error: %s", error)
-        sys.exit(2)
+        sys.exit(EXIT_CONFIG_ERROR)
+    if status == EXIT_INCOMPLETE and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise SweepIncomplete("the sweep is INCOMPLETE: stories failed after all retries (listed in the jobs' logs); "
+                              "run the same command again to retry them")
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,10 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from experiments.backends import Backend, StoryRequest, backend_class
+from experiments.backends import Backend, FailedStory, StoryRequest, backend_class
 from experiments.config import GenerateConfig
 from experiments.identity import canonical_json, setting_id, setting_of, story_id, story_seed
 from experiments.manifest import harness_version, package_versions
-from experiments.prompts import render_prompt
 from experiments.store import StoryStore, utc_now
 
 log = logging.getLogger(__name__)
@@ -69,6 +68,11 @@ class RunSummary:
     generated: int
     tokens: int
     seconds: float
+    failed: list[FailedStory] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed
 
     @property
     def tokens_per_second(self) -> float:
@@ -76,13 +80,15 @@ class RunSummary:
 
 
 def validate(config: GenerateConfig) -> None:
-    """Checks that need the backend class but no model: does it honour every parameter?"""
-    backend_class(config.backend.name).check_supported(config.sampling)
+    """Checks that need the backend class but no model: does it honour every parameter and the prompt?"""
+    backend = backend_class(config.backend.name)
+    backend.check_supported(config.sampling, config.backend)
+    backend.check_prompt(config.prompt, config.backend)
 
 
 def plan_setting(config: GenerateConfig, resolved_config: Optional[str] = None) -> SettingPlan:
     backend = get_backend(config)
-    prompt_text = render_prompt(config.prompt, backend.chat_metadata())
+    prompt_text = backend.prompt_text(config.prompt)
     setting = setting_of(config.sampling)
     identity = backend.identity()
     sid = setting_id(setting, config.prompt.id, prompt_text, backend.name, identity["sha256"])
@@ -120,25 +126,34 @@ def run_generation(configs: list[GenerateConfig], resolved_configs: Optional[lis
     show = configs[0].progress if progress is None and configs else bool(progress)
     bar = tqdm(total=missing, unit="story", desc="generate", disable=not show, dynamic_ncols=True)
     started, generated, tokens = time.perf_counter(), 0, 0
+    failed: list[FailedStory] = []
     try:
         for plan in plans:
             store = stores[plan.config.out_dir]
             job_dir = Path(plan.config.out_dir) / "jobs" / plan.setting_id
+            if plan.missing:
+                # Before the manifest is written, so it records what a server reports about its model.
+                plan.backend.load()
             run_record = _start_job(job_dir, plan)
             written = 0
             for story in plan.backend.generate(plan.missing, plan.config.sampling) if plan.missing else ():
+                bar.update(1)
+                if isinstance(story, FailedStory):
+                    failed.append(story)
+                    log.warning("story %s (sample %d of setting %s) failed: %s", story.request.story_id,
+                                story.request.sample_index, plan.setting_id, story.error)
+                    continue
                 if store.append(_story_record(plan, story)):
                     written += 1
                     generated += 1
                     tokens += story.n_tokens
-                bar.update(1)
                 bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - started, 1e-9):.1f}", refresh=False)
             _finish_job(job_dir, run_record, written)
     finally:
         bar.close()
     return RunSummary(out_dirs=sorted(stores), settings=len(plans), requested=requested,
                       already_present=requested - missing, generated=generated, tokens=tokens,
-                      seconds=time.perf_counter() - started)
+                      seconds=time.perf_counter() - started, failed=failed)
 
 
 def _story_record(plan: SettingPlan, story) -> dict[str, Any]:
@@ -150,7 +165,11 @@ def _story_record(plan: SettingPlan, story) -> dict[str, Any]:
     return {
         "story_id": story.request.story_id,
         "setting_id": plan.setting_id,
-        "setting": story.sent_parameters or plan.setting,
+        "setting": plan.setting,
+        # Server backends only (else null): the request body's parameters under the
+        # server's own names, and what the server reported running.
+        "sent_parameters": story.sent_parameters,
+        "server_response": story.server_response,
         "seed": story.request.seed,
         "sample_index": story.request.sample_index,
         "backend": plan.backend.name,

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib
 
-from experiments.backends.base import Backend, GeneratedStory, StoryRequest, used_parameters
+from experiments.backends.base import Backend, FailedStory, GeneratedStory, StoryRequest, used_parameters
 
 BACKENDS: dict[str, str] = {
     "hf": "experiments.backends.hf:HFBackend",
     "llamacpp": "experiments.backends.llamacpp:LlamaCppBackend",
+    "openai": "experiments.backends.openai_backend:OpenAIBackend",
 }
 
 
@@ -23,4 +24,4 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-__all__ = ["BACKENDS", "Backend", "GeneratedStory", "StoryRequest", "backend_class", "used_parameters"]
+__all__ = ["BACKENDS", "Backend", "FailedStory", "GeneratedStory", "StoryRequest", "backend_class", "used_parameters"]

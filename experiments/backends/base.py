@@ -12,13 +12,20 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator, Optional
 
-from experiments.config import BackendConfig, ConfigError, SamplingConfig
+from experiments.config import BackendConfig, ConfigError, PromptConfig, SamplingConfig
+from experiments.prompts import render_prompt
 
 # A parameter counts as used when it differs from the value that leaves
 # decoding untouched; a backend must then honour it or refuse the setting.
 NEUTRAL_VALUES: dict[str, Any] = {
     "top_p": 1.0,
     "top_k": 0,
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "repetition_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "mirostat_mode": 0,
     "stop": [],
     "logit_bias": {},
 }
@@ -53,7 +60,18 @@ class GeneratedStory:
     finish_reason: str  # "stop" (end of turn or a stop sequence) or "length"
     token_logprobs: Optional[list[float]]  # None when the backend cannot report them
     latency_s: float
-    sent_parameters: Optional[dict[str, Any]] = None  # when a backend maps names (e.g. a server)
+    # A server backend: the exact parameters of the request body (its names, extra_body
+    # included), and what the server said it ran (model snapshot, fingerprint, attempts).
+    sent_parameters: Optional[dict[str, Any]] = None
+    server_response: Optional[dict[str, Any]] = None
+
+
+@dataclass
+class FailedStory:
+    """A story that could not be generated (after a backend's own retries); retried on resume."""
+
+    request: StoryRequest
+    error: str
 
 
 class Backend(ABC):
@@ -64,14 +82,21 @@ class Backend(ABC):
     supported_parameters: ClassVar[frozenset[str]]
 
     @classmethod
-    def check_supported(cls, sampling: SamplingConfig) -> None:
-        """Refuse, before any model loads, a setting this backend would not honour."""
+    def check_supported(cls, sampling: SamplingConfig, backend: BackendConfig) -> None:
+        """Refuse, before any model loads, a setting this backend would not honour.
+
+        ``backend`` is the backend's config: what a server backend can send depends on it.
+        """
         unsupported = [name for name in used_parameters(sampling) if name not in cls.supported_parameters]
         if unsupported:
             raise ConfigError(
                 f"backend {cls.name!r} cannot honour sampling parameter(s) "
                 + ", ".join(f"{name}={getattr(sampling, name)!r}" for name in unsupported)
                 + f"; it supports: {', '.join(sorted(cls.supported_parameters | ALWAYS_HONOURED))}")
+
+    @classmethod
+    def check_prompt(cls, prompt: PromptConfig, backend: BackendConfig) -> None:
+        """Refuse, before any model loads, a prompt this backend cannot send as configured."""
 
     def __init__(self, config: BackendConfig):
         self.config = config
@@ -88,9 +113,22 @@ class Backend(ABC):
     def chat_metadata(self) -> Optional[dict[str, Any]]:
         """The model's chat template and special tokens (None if it has none)."""
 
+    def prompt_text(self, prompt: PromptConfig) -> str:
+        """The exact prompt this backend sends, as stored with each story.
+
+        In process: the raw text, with chat messages rendered in the model's own
+        template. A server backend overrides this (it sends the messages).
+        """
+        return render_prompt(prompt, self.chat_metadata())
+
     @abstractmethod
-    def generate(self, requests: list[StoryRequest], sampling: SamplingConfig) -> Iterator[GeneratedStory]:
-        """Yield each story as soon as it is finished (in any order)."""
+    def generate(self, requests: list[StoryRequest],
+                 sampling: SamplingConfig) -> Iterator[GeneratedStory | FailedStory]:
+        """Yield each story as soon as it is finished (in any order).
+
+        A transient failure that outlasted the backend's retries is yielded as
+        a ``FailedStory``; a permanent one (bad parameter, unknown model) raises.
+        """
 
     def close(self) -> None:
         """Free the model."""

@@ -1,0 +1,224 @@
+"""What each OpenAI-compatible server accepts, and under what name.
+
+A server profile lists, for every sampling parameter of the harness the
+server can apply, the field it travels in: one of OpenAI's own (sent as a
+keyword of the openai client) or a server extension (sent through the
+client's ``extra_body``, which merges it into the JSON body). A parameter a
+profile does not list is not accepted: a setting that uses it is refused
+before any request, because most servers silently ignore a field they do not
+know (llama-cpp-python's server does) and the story would claim a sampler
+that never ran.
+
+Servers also have sampling defaults of their own that are not neutral
+(llama-cpp-python: top_k 40, top_p 0.95, min_p 0.05, repeat_penalty 1.1; vLLM
+takes defaults from the model's generation_config.json). A field's ``neutral``
+value is therefore sent even when the setting leaves the parameter unset, so
+"unset" means "off" on every server, as it does in process. Where a server
+cannot be told (Ollama's OpenAI endpoints take no top_k), the profile says
+so in ``server_defaults_apply``, which the backend logs and records in the
+manifest.
+
+The tables reflect each server's documented OpenAI-compatible API as of
+2025/26 (vLLM >= 0.6, llama-cpp-python 0.3, Ollama >= 0.5, OpenAI's API).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping, Optional
+
+from experiments.backends.base import NEUTRAL_VALUES, used_parameters
+from experiments.config import Endpoint, SamplingConfig, ServerProfile
+
+
+@dataclass(frozen=True)
+class WireField:
+    """How one harness parameter travels to a server."""
+
+    name: str  # the field's name in the request body
+    extra_body: bool = False  # not part of OpenAI's API: sent through extra_body
+    # Sent when the setting leaves the parameter unset or neutral, to override the
+    # server's own default; None: nothing is sent then (the server's default is neutral).
+    neutral: Any = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    fields: Mapping[str, WireField]  # harness parameter -> its field; absent = not accepted
+    max_tokens_field: Mapping[Endpoint, str]
+    seed: bool  # takes a per-request seed
+    logprobs: bool  # can return token log-probs (requested when backend.logprobs is on)
+    # extra_body that makes /chat/completions continue a final assistant message
+    # (the prompt's assistant_prefix); None: the server cannot.
+    prefill: Optional[Mapping[str, Any]]
+    # Sampler parameters the server applies from its own defaults and this API cannot set.
+    server_defaults_apply: tuple[str, ...] = ()
+    needs_api_key: bool = False
+    # Error messages that mean "bad request" whatever the status says (a server that
+    # answers 500 for an invalid field would otherwise be retried as if it were busy).
+    bad_request_messages: tuple[str, ...] = ()
+    notes: str = ""
+
+
+def _fields(**fields: WireField) -> Mapping[str, WireField]:
+    return MappingProxyType(fields)
+
+
+# temperature, max_tokens and seed are handled by every profile (temperature is
+# always sent: no server's default is 1.0 everywhere).
+_OPENAI_FIELDS = dict(
+    top_p=WireField("top_p", neutral=1.0),
+    presence_penalty=WireField("presence_penalty"),
+    frequency_penalty=WireField("frequency_penalty"),
+    logit_bias=WireField("logit_bias"),
+    stop=WireField("stop"),
+)
+
+PROFILES: Mapping[str, Profile] = MappingProxyType({
+    ServerProfile.openai.value: Profile(
+        name="openai",
+        fields=_fields(**_OPENAI_FIELDS),
+        # max_tokens is deprecated for chat and refused by reasoning models.
+        max_tokens_field=MappingProxyType({Endpoint.chat: "max_completion_tokens", Endpoint.completions: "max_tokens"}),
+        seed=True,
+        logprobs=True,
+        prefill=None,
+        needs_api_key=True,
+        notes="OpenAI's API: OpenAI's own sampling fields only; seeds are best effort (see system_fingerprint).",
+    ),
+    ServerProfile.vllm.value: Profile(
+        name="vllm",
+        fields=_fields(
+            **{**_OPENAI_FIELDS,
+               "presence_penalty": WireField("presence_penalty", neutral=0.0),
+               "frequency_penalty": WireField("frequency_penalty", neutral=0.0)},
+            top_k=WireField("top_k", extra_body=True, neutral=-1),  # vLLM spells "off" -1
+            min_p=WireField("min_p", extra_body=True, neutral=0.0),
+            repetition_penalty=WireField("repetition_penalty", extra_body=True, neutral=1.0),
+        ),
+        max_tokens_field=MappingProxyType({Endpoint.chat: "max_tokens", Endpoint.completions: "max_tokens"}),
+        seed=True,
+        logprobs=True,
+        prefill=MappingProxyType({"continue_final_message": True, "add_generation_prompt": False}),
+        notes="vLLM: top_k, min_p and repetition_penalty through extra_body; its log-probs are the raw "
+              "(untempered) ones under its default --logprobs-mode raw_logprobs.",
+    ),
+    ServerProfile.llamacpp.value: Profile(
+        name="llamacpp",
+        fields=_fields(
+            **{**_OPENAI_FIELDS,
+               "presence_penalty": WireField("presence_penalty", neutral=0.0),
+               "frequency_penalty": WireField("frequency_penalty", neutral=0.0)},
+            top_k=WireField("top_k", extra_body=True, neutral=0),
+            min_p=WireField("min_p", extra_body=True, neutral=0.0),
+            repetition_penalty=WireField("repeat_penalty", extra_body=True, neutral=1.0),
+            mirostat_mode=WireField("mirostat_mode", extra_body=True, neutral=0),
+            mirostat_tau=WireField("mirostat_tau", extra_body=True),
+            mirostat_eta=WireField("mirostat_eta", extra_body=True),
+            grammar=WireField("grammar", extra_body=True),
+        ),
+        max_tokens_field=MappingProxyType({Endpoint.chat: "max_tokens", Endpoint.completions: "max_tokens"}),
+        seed=True,
+        logprobs=True,
+        prefill=None,
+        # llama-cpp-python's server has no per-request penalty window (server flag --last_n_tokens_size).
+        server_defaults_apply=("repeat_last_n",),
+        # It reports a field out of its range (pydantic) as HTTP 500 "N validation error(s): ...".
+        bad_request_messages=(r"^\d+ validation errors?\b",),
+        notes="llama-cpp-python's server (python -m llama_cpp.server); llama.cpp's llama-server takes the same "
+              "names. One request at a time per model; chat completions return no log-probs (completions do, "
+              "at a cost of about 0.1 s per token for a 49k vocabulary); it answers for any model name, so the "
+              "backend checks GET /models first.",
+    ),
+    ServerProfile.ollama.value: Profile(
+        name="ollama",
+        fields=_fields(
+            top_p=WireField("top_p", neutral=1.0),
+            presence_penalty=WireField("presence_penalty", neutral=0.0),
+            frequency_penalty=WireField("frequency_penalty", neutral=0.0),
+            stop=WireField("stop"),
+        ),
+        max_tokens_field=MappingProxyType({Endpoint.chat: "max_tokens", Endpoint.completions: "max_tokens"}),
+        seed=True,
+        logprobs=True,
+        prefill=None,
+        server_defaults_apply=("top_k", "min_p", "typical_p", "repetition_penalty", "repeat_last_n"),
+        notes="Ollama's /v1 endpoints take OpenAI's fields only: top_k, min_p, typical_p and the repeat penalty "
+              "come from the model's Modelfile or Ollama's defaults (top_k 40); set them there (PARAMETER ...) "
+              "and record them. Its /v1/completions wraps the prompt in the model's TEMPLATE.",
+    ),
+})
+
+
+def profile_of(name: ServerProfile | str) -> Profile:
+    return PROFILES[ServerProfile(name).value]
+
+
+def unaccepted_parameters(profile: Profile, sampling: SamplingConfig) -> list[str]:
+    """The parameters this setting uses that the server cannot be sent."""
+    return [name for name in used_parameters(sampling) if name not in profile.fields]
+
+
+PENALTIES = ("repetition_penalty", "presence_penalty", "frequency_penalty")
+
+
+def server_defaults_in_effect(profile: Profile, sampling: SamplingConfig) -> list[str]:
+    """The sampler parameters the server fills in from its own defaults for this setting."""
+    penalised = any(name in used_parameters(sampling) for name in PENALTIES)
+    # The penalty window matters only when a penalty is on.
+    return [name for name in profile.server_defaults_apply if name != "repeat_last_n" or penalised]
+
+
+@dataclass(frozen=True)
+class RequestParameters:
+    """The body of every request of one setting, but the prompt and the per-story seed."""
+
+    standard: dict[str, Any] = field(default_factory=dict)  # OpenAI's own fields: client keywords
+    extra_body: dict[str, Any] = field(default_factory=dict)  # server extensions
+
+    def for_story(self, seed: int, profile: Profile) -> "RequestParameters":
+        if not profile.seed:
+            return self
+        return RequestParameters({**self.standard, "seed": seed}, self.extra_body)
+
+    def sent(self) -> dict[str, Any]:
+        """The body's parameters as the server receives them (extra_body is merged into the body)."""
+        return {**self.standard, **self.extra_body}
+
+
+def request_parameters(profile: Profile, sampling: SamplingConfig, endpoint: Endpoint,
+                       logprobs: bool, prefill: bool = False) -> RequestParameters:
+    """Translate a setting into one profile's request fields.
+
+    Call ``unaccepted_parameters`` first: a used parameter the profile does not
+    list is refused there; here it can only be unset or neutral, and is skipped.
+    """
+    standard: dict[str, Any] = {"temperature": sampling.temperature,
+                                profile.max_tokens_field[endpoint]: sampling.max_tokens}
+    extra: dict[str, Any] = {}
+    for name, wire in profile.fields.items():
+        value = getattr(sampling, name)
+        if value is None or (name in NEUTRAL_VALUES and value == NEUTRAL_VALUES[name]):
+            value = wire.neutral
+        if value is None:
+            continue
+        if name == "logit_bias":
+            value = {str(token): float(bias) for token, bias in value.items()}
+        elif name == "stop":
+            value = list(value)
+        (extra if wire.extra_body else standard)[wire.name] = value
+    if logprobs and profile.logprobs:
+        # Chat takes a flag; completions the number of alternatives per token (1: the chosen one).
+        standard["logprobs"] = True if endpoint == Endpoint.chat else 1
+    if prefill:
+        extra.update(profile.prefill or {})
+    return RequestParameters(standard, extra)
+
+
+def wire_names(profile: Profile) -> dict[str, str]:
+    """Request field -> harness parameter, to name the parameter a server refused."""
+    names = {wire.name: name for name, wire in profile.fields.items()}
+    names.update({field_name: "max_tokens" for field_name in profile.max_tokens_field.values()})
+    return names

@@ -1,0 +1,456 @@
+"""The OpenAI-compatible backend against a real server on loopback.
+
+The server is llama-cpp-python's (``python -m llama_cpp.server``, from the
+llama-cpp-python[server] extra) serving the embedded SmolLM2 GGUF and
+requiring an API key, so the key really travels. The generate stage runs as
+the researcher runs it, in a subprocess, with the key in the environment.
+A tiny threaded http.server stands in only for what a real server cannot be
+made to do on demand: answer 429 with Retry-After, a 400 naming a field, or
+show how many requests are in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from experiments.backends.base import FailedStory, GeneratedStory, StoryRequest
+from experiments.backends.openai_backend import OpenAIBackend, ServerRefused
+from experiments.config import OpenAIBackendConfig, PromptConfig, SamplingConfig
+from experiments.models import embedded_gguf_path
+from experiments.store import read_stories
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the alias the server lists the model under
+SECRET = "sk-test-SECRET-123"
+CHAT = PromptConfig(id="story", messages=[{"role": "user", "content": "Write a story."}])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LlamaServer:
+    """``python -m llama_cpp.server`` in its own process group, restartable on the same port."""
+
+    def __init__(self, log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180) -> None:
+        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path()),
+                   "--model_alias", MODEL, "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048",
+                   "--api_key", SECRET]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited ({self.process.returncode}):\n"
+                                   + self.log_path.read_text()[-3000:])
+            try:
+                request = urllib.request.Request(f"{self.url}/models", headers={"Authorization": f"Bearer {SECRET}"})
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"llama_cpp.server did not answer GET /v1/models within {timeout} s")
+
+    def ensure_running(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            self.start()
+
+    def kill(self) -> None:
+        """SIGKILL: requests in flight lose their connection mid-answer."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    llama = LlamaServer(tmp_path_factory.mktemp("llama-server") / "server.log")
+    llama.start()
+    try:
+        yield llama
+    finally:
+        llama.stop()
+
+
+def generate_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "experiments.generate", *args, "progress=false"]
+
+
+def run_generate(*args: str, key: str = SECRET, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {name: value for name, value in os.environ.items() if name != "OPENAI_API_KEY"}
+    env["OPENAI_API_KEY"] = key
+    return subprocess.run(generate_command(*args), cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def backend_args(server: LlamaServer, out: Path, *more: str) -> list[str]:
+    return ["backend=openai", f"backend.base_url={server.url}", f"backend.model={MODEL}", f"out_dir={out}", *more]
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def wait_for_lines(path: Path, count: int, process: subprocess.Popen, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            break
+        time.sleep(0.05)
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+# ---- against the real server -------------------------------------------------
+
+def test_a_sweep_through_chat_and_completions_stores_what_was_sent_and_never_the_key(server, tmp_path):
+    out = tmp_path / "sweep"
+    # Chat, as a -m sweep over two temperatures (SmolLM2's chat template, applied by the server).
+    assert_ok(run_generate("-m", *backend_args(server, out, "prompt=paper", "prompt.assistant_prefix=''",
+                                               "sampling.temperature=0.5,1.0", "sampling.n=2",
+                                               "sampling.max_tokens=8")))
+    # Completions: the paper's raw Llama-2 prompt, verbatim, with the paper's top_k.
+    raw_args = backend_args(server, out, "prompt=paper_llama2_raw", "sampling.top_k=50", "sampling.n=2",
+                            "sampling.max_tokens=8")
+    assert_ok(run_generate(*raw_args))
+
+    stories = read_stories(out / "stories.jsonl")
+    chat = [s for s in stories if s["prompt_id"] == "paper"]
+    raw = [s for s in stories if s["prompt_id"] == "paper_llama2_raw"]
+    assert len(chat) == 4 and len(raw) == 2 and len({s["story_id"] for s in stories}) == 6
+    for story in stories:
+        sent = story["sent_parameters"]
+        assert story["backend"] == "openai" and story["model"] == MODEL
+        assert sent["seed"] == story["seed"] and sent["temperature"] == story["setting"]["temperature"]
+        assert sent["max_tokens"] == 8 and sent["repeat_penalty"] == 1.0 and sent["min_p"] == 0.0
+        assert story["server_response"]["attempts"] == 1 and 1 <= story["n_tokens"] <= 8
+    for story in chat:
+        assert json.loads(story["prompt"]) == [{"role": "user", "content": "Write a story."}]
+        assert story["messages"] == [{"role": "user", "content": "Write a story."}]
+        assert story["token_logprobs"] is None  # llama-cpp-python's server gives none for chat
+        assert story["sent_parameters"]["top_k"] == 0 and story["sent_parameters"]["logprobs"] is True
+    assert {s["setting"]["temperature"] for s in chat} == {0.5, 1.0}
+    for story in raw:
+        assert story["prompt"] == "[INST]Write a story.[/INST]Here it is:\n\n" and story["messages"] is None
+        assert story["sent_parameters"]["top_k"] == 50 and story["sent_parameters"]["logprobs"] == 1
+        assert len(story["token_logprobs"]) == story["n_tokens"] and all(v <= 0 for v in story["token_logprobs"])
+    manifests = [json.loads(path.read_text()) for path in (out / "jobs").glob("*/manifest.json")]
+    assert len(manifests) == 3 and all(m["model"]["server_model"]["id"] == MODEL for m in manifests)
+
+    # The per-story seed is honoured: the same command elsewhere writes the same stories.
+    again = tmp_path / "again"
+    assert_ok(run_generate(*backend_args(server, again, *raw_args[4:])))
+    key = lambda s: s["sample_index"]  # noqa: E731
+    assert [s["text"] for s in sorted(raw, key=key)] == \
+           [s["text"] for s in sorted(read_stories(again / "stories.jsonl"), key=key)]
+
+    # The key reached the server (it requires one) but no file under the output folder.
+    files = [path for path in out.rglob("*") if path.is_file()]
+    assert any(".hydra" in path.parts for path in files) and any(path.suffix == ".log" for path in files)
+    leaked = [str(path) for path in files if SECRET.encode() in path.read_bytes()]
+    assert leaked == []
+
+
+def test_killing_the_server_mid_sweep_and_restarting_it_loses_and_repeats_nothing(server, tmp_path):
+    out = tmp_path / "restart"
+    # Enough retries (at least 1 s apart once backed off) to outlast a restart on a busy machine.
+    args = backend_args(server, out, "prompt=paper", "prompt.assistant_prefix=''", "sampling.n=8",
+                        "sampling.max_tokens=24", "backend.max_concurrency=2", "backend.max_retries=40",
+                        "backend.backoff_base_s=0.25", "backend.backoff_max_s=2")
+    env = dict(os.environ, OPENAI_API_KEY=SECRET)
+    log_path = tmp_path / "generate.stderr"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(generate_command(*args), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        before = wait_for_lines(out / "stories.jsonl", 2, process)
+        server.kill()
+        assert before < 8, "the server must die mid-sweep"
+        time.sleep(1)
+        server.start()
+        process.wait(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        server.ensure_running()
+    stderr = log_path.read_text()
+    assert process.returncode == 0, stderr[-4000:]
+    assert "retry 1 of 40" in stderr  # the retries rode over the restart
+    stories = read_stories(out / "stories.jsonl")
+    assert sorted(s["sample_index"] for s in stories) == list(range(8))
+    assert (out / "stories.jsonl").read_bytes().count(b"\n") == 8  # none twice, not even as a duplicate line
+    assert max(s["server_response"]["attempts"] for s in stories) > 1
+
+
+def test_a_sweep_that_outlasts_its_retries_says_so_and_resumes(server, tmp_path):
+    out = tmp_path / "resume"
+    args = backend_args(server, out, "prompt=paper", "prompt.assistant_prefix=''", "sampling.n=6",
+                        "sampling.max_tokens=24", "backend.max_concurrency=2", "backend.max_retries=1",
+                        "backend.backoff_base_s=0.2", "backend.backoff_max_s=0.4")
+    env = dict(os.environ, OPENAI_API_KEY=SECRET)
+    process = subprocess.Popen(generate_command(*args), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_lines(out / "stories.jsonl", 2, process)
+        server.kill()
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        server.ensure_running()
+    stored = (out / "stories.jsonl").read_bytes().count(b"\n")
+    assert process.returncode == 3, stderr[-4000:]
+    assert 2 <= stored < 6 and f"INCOMPLETE: {6 - stored} stories failed" in stderr
+    assert "Traceback" not in stderr
+
+    resumed = run_generate(*args)
+    assert_ok(resumed)
+    assert f"{stored} were already stored, {6 - stored} generated" in resumed.stderr
+    stories = read_stories(out / "stories.jsonl")
+    assert sorted(s["sample_index"] for s in stories) == list(range(6))
+    assert (out / "stories.jsonl").read_bytes().count(b"\n") == 6
+
+
+def test_a_multirun_sweep_finishes_every_job_then_reports_incomplete(server, tmp_path):
+    out = tmp_path / "multirun"
+    args = ["-m", *backend_args(server, out, "prompt=paper", "prompt.assistant_prefix=''",
+                                "sampling.temperature=0.5,1.0", "sampling.n=4", "sampling.max_tokens=24",
+                                "backend.max_concurrency=1", "backend.max_retries=1", "backend.backoff_base_s=0.2",
+                                "backend.backoff_max_s=0.4")]
+    env = dict(os.environ, OPENAI_API_KEY=SECRET)
+    process = subprocess.Popen(generate_command(*args), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_lines(out / "stories.jsonl", 1, process)
+        server.kill()
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        server.ensure_running()
+    assert process.returncode != 0 and "Traceback" not in stderr
+    assert stderr.count("the sweep is INCOMPLETE") == 3  # each job's own list, then Hydra's one line at the end
+    job_logs = sorted((out / "hydra").glob("job-*/generate.log"))  # the second job ran after the first came up short
+    assert len(job_logs) == 2 and all("INCOMPLETE" in log.read_text() for log in job_logs)
+    assert_ok(run_generate(*args))
+    stories = read_stories(out / "stories.jsonl")
+    assert len(stories) == 8 and (out / "stories.jsonl").read_bytes().count(b"\n") == 8
+
+
+@pytest.mark.parametrize("case,overrides,key,expected", [
+    ("wrong model", ["backend.model=no-such-model"], SECRET,
+     f"does not serve model 'no-such-model' (backend.model); it lists '{MODEL}'"),
+    ("wrong key", [], "sk-wrong-KEY-456", "refused the API key from $OPENAI_API_KEY"),
+    # llama-cpp-python's server answers 400 for a prompt longer than its context (a long max_tokens is cut short).
+    ("prompt too long", ["prompt.raw='" + "story " * 2100 + "'"], SECRET, "maximum context length is 2048"),
+    ("value out of the server's range", ["sampling.mirostat_mode=2", "sampling.mirostat_tau=20"], SECRET,
+     "[parameter mirostat_tau]"),
+])
+def test_a_permanent_error_stops_the_run_with_one_clear_line(server, tmp_path, case, overrides, key, expected):
+    result = run_generate(*backend_args(server, tmp_path / "out", "prompt=paper_llama2_raw", "sampling.n=3",
+                                        "sampling.max_tokens=8", *overrides), key=key)
+    assert result.returncode == 2, result.stderr[-4000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and expected in errors[0] and server.url in errors[0], result.stderr[-2000:]
+    assert key not in result.stderr
+    assert not (tmp_path / "out" / "stories.jsonl").exists()
+
+
+def test_a_server_that_is_down_gives_one_clear_line(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    result = run_generate("backend=openai", f"backend.base_url={url}", "prompt=paper_llama2_raw",
+                          "backend.max_retries=2", "backend.backoff_base_s=0.1", f"out_dir={tmp_path / 'out'}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and f"cannot reach server {url}" in errors[0] and "gave up after 3 attempt(s)" in errors[0]
+
+
+# ---- a scripted server, for what a real one will not do on demand -------------
+
+class ScriptedServer:
+    """A loopback OpenAI-style server answering each POST from a script of (status, headers, delay)."""
+
+    def __init__(self, script=(), delay: float = 0.0):
+        self.script = list(script)
+        self.delay = delay
+        self.posts: list[dict] = []
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep the test output clean
+                pass
+
+            def _reply(self, status: int, payload: dict, headers: dict | None = None):
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+                    pass
+
+            def do_GET(self):
+                self._reply(200, {"object": "list", "data": [{"id": "mock-model", "object": "model",
+                                                               "owned_by": "test", "created": 0}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with owner.lock:
+                    owner.posts.append({"time": time.monotonic(), "body": body,
+                                        "authorization": self.headers.get("Authorization")})
+                    status, headers = owner.script.pop(0) if owner.script else (200, {})
+                    owner.in_flight += 1
+                    owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+                try:
+                    time.sleep(owner.delay)
+                    if status == 200:
+                        self._reply(200, chat_completion(body))
+                    else:
+                        self._reply(status, {"error": {"message": f"scripted {status}", "param": "top_k",
+                                                       "type": "invalid_request_error"}}, headers)
+                finally:
+                    with owner.lock:
+                        owner.in_flight -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def chat_completion(body: dict) -> dict:
+    return {"id": "cmpl-1", "object": "chat.completion", "created": 0, "model": "mock-model-2026-01-01",
+            "system_fingerprint": "fp_test",
+            "choices": [{"index": 0, "finish_reason": "length",
+                         "message": {"role": "assistant", "content": f"story {body['seed']}"},
+                         "logprobs": {"content": [{"token": "story", "logprob": -0.5, "bytes": None, "top_logprobs": []},
+                                                  {"token": " 1", "logprob": -1.25, "bytes": None, "top_logprobs": []}]}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+
+
+@pytest.fixture
+def scripted(request):
+    servers = []
+
+    def make(*args, **kwargs):
+        servers.append(ScriptedServer(*args, **kwargs))
+        return servers[-1]
+
+    yield make
+    for scripted_server in servers:
+        scripted_server.close()
+
+
+def scripted_backend(url: str, **overrides) -> tuple[OpenAIBackend, str]:
+    config = dict(base_url=url, model="mock-model", profile="vllm", backoff_base_s=0.01, backoff_max_s=0.05)
+    backend = OpenAIBackend(OpenAIBackendConfig(**{**config, **overrides}))
+    return backend, backend.prompt_text(CHAT)
+
+
+def requests_for(prompt: str, count: int) -> list[StoryRequest]:
+    return [StoryRequest(story_id=f"s{i}", sample_index=i, seed=100 + i, prompt=prompt) for i in range(count)]
+
+
+def test_a_429_with_retry_after_is_waited_out_and_the_body_is_what_the_story_records(scripted, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-mock-KEY")
+    mock = scripted(script=[(429, {"Retry-After": "1"}), (503, {})])
+    backend, prompt = scripted_backend(mock.url)
+    [story] = list(backend.generate(requests_for(prompt, 1), SamplingConfig(top_k=50, max_tokens=5)))
+    assert isinstance(story, GeneratedStory) and story.server_response["attempts"] == 3
+    first, second, third = mock.posts
+    assert second["time"] - first["time"] >= 1.0  # Retry-After: 1, though the backoff alone is 0.01 s
+    assert third["time"] - second["time"] < 1.0
+    assert third["body"] == {"model": "mock-model", "messages": CHAT.messages, **story.sent_parameters}
+    assert story.sent_parameters["top_k"] == 50 and story.sent_parameters["seed"] == 100
+    assert third["authorization"] == "Bearer sk-mock-KEY"
+    assert story.token_logprobs == [-0.5, -1.25] and story.n_tokens == 2 and story.text == "story 100"
+    assert story.server_response["model"] == "mock-model-2026-01-01"
+    assert story.server_response["system_fingerprint"] == "fp_test"
+
+
+def test_a_400_stops_the_run_naming_server_model_and_parameter(scripted):
+    mock = scripted(script=[(400, {})])
+    backend, prompt = scripted_backend(mock.url, max_concurrency=1)
+    with pytest.raises(ServerRefused) as error:
+        list(backend.generate(requests_for(prompt, 5), SamplingConfig(top_k=50)))
+    message = str(error.value)
+    assert mock.url in message and "'mock-model'" in message and "[parameter top_k]" in message
+    assert "\n" not in message and len(mock.posts) == 1  # stopped at once, not after every story
+
+
+def test_concurrency_is_bounded_and_stories_arrive_as_they_finish(scripted):
+    mock = scripted(delay=0.2)
+    backend, prompt = scripted_backend(mock.url, max_concurrency=3)
+    started = time.monotonic()
+    stories = list(backend.generate(requests_for(prompt, 9), SamplingConfig()))
+    assert mock.max_in_flight == 3 and len(stories) == 9
+    assert time.monotonic() - started < 9 * 0.2 * 0.75  # in parallel, not one after another
+    assert sorted(story.request.seed for story in stories) == list(range(100, 109))
+
+
+def test_requests_per_minute_spaces_the_requests(scripted):
+    mock = scripted()
+    backend, prompt = scripted_backend(mock.url, max_concurrency=4, requests_per_minute=600)
+    list(backend.generate(requests_for(prompt, 5), SamplingConfig()))
+    times = sorted(post["time"] for post in mock.posts)
+    assert min(b - a for a, b in zip(times, times[1:])) >= 0.09
+
+
+def test_stories_not_yet_sent_fail_at_once_when_the_server_stays_down(scripted):
+    mock = scripted(script=[(503, {})] * 3)
+    backend, prompt = scripted_backend(mock.url, max_concurrency=1, max_retries=2)
+    outcomes = list(backend.generate(requests_for(prompt, 4), SamplingConfig()))
+    failed = [o for o in outcomes if isinstance(o, FailedStory)]
+    assert len(failed) == 4 and len(mock.posts) == 3  # one story used its retries; three were never sent
+    assert "HTTP 503" in failed[0].error and sum(f.error.startswith("not sent") for f in failed) == 3
+    # The next setting checks that the server is back, then proceeds.
+    stories = list(backend.generate(requests_for(prompt, 2), SamplingConfig()))
+    assert all(isinstance(story, GeneratedStory) for story in stories)
+
+
+def test_a_request_that_times_out_is_retried_then_reported_failed(scripted):
+    mock = scripted(delay=1.0)
+    backend, prompt = scripted_backend(mock.url, max_concurrency=1, max_retries=1, timeout_s=0.3)
+    [story] = list(backend.generate(requests_for(prompt, 1), SamplingConfig()))
+    assert isinstance(story, FailedStory) and "APITimeoutError" in story.error and len(mock.posts) == 2
