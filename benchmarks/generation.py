@@ -6,12 +6,13 @@ SmolLM2-135M-Instruct, through the real store. Models are loaded before the
 clock starts. Rounds alternate between backends so that noise from other
 work on the machine hits both alike; the table reports the median round.
 
-    .venv/bin/python benchmarks/generation.py [--stories 32] [--max-tokens 128] [--rounds 2]
+    .venv/bin/python -m benchmarks.generation [--stories 64] [--max-tokens 128] [--rounds 2] [--with-default-threads]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -39,16 +40,23 @@ def measure(backend_config, stories: int, max_tokens: int) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stories", type=int, default=32)
+    parser.add_argument("--stories", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--with-default-threads", action="store_true",
+                        help="also time llama.cpp with llama-cpp-python's default thread count (half the cores)")
     args = parser.parse_args()
 
+    cores = os.cpu_count() or 1
     backends = {
         f"hf batched (batch {args.batch_size})": HFBackendConfig(batch_size=args.batch_size),
-        "llamacpp sequential (paper's loop)": LlamaCppBackendConfig(),
+        f"llamacpp sequential, {cores} threads (paper's loop, our threads)": LlamaCppBackendConfig(),
+        f"llamacpp sequential, {max(1, cores // 2)} thread(s) (llama-cpp-python's default)":
+            LlamaCppBackendConfig(threads=max(1, cores // 2)),
     }
+    if not args.with_default_threads:
+        backends.pop(list(backends)[2])
     for backend_config in backends.values():  # load outside the clock
         get_backend(config(backend_config, 1, 1, Path("."))).load()
     runs: dict[str, list[tuple[float, int]]] = {name: [] for name in backends}
@@ -66,8 +74,10 @@ def main() -> None:
         tokens = int(statistics.median(t for _, t in results))
         rates[name] = tokens / seconds
         print(f"| {name} | {args.stories} | {tokens} | {seconds:.1f} | {args.stories / seconds * 60:.1f} | {tokens / seconds:.1f} |")
-    hf_name, llama_name = list(backends)
-    print(f"\nratio hf / llamacpp (tokens/s): {rates[hf_name] / rates[llama_name]:.2f}x")
+    hf_name, *llama_names = list(backends)
+    print()
+    for llama_name in llama_names:
+        print(f"ratio hf / {llama_name} (tokens/s): {rates[hf_name] / rates[llama_name]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,88 @@
+"""Typed configuration schemas of the analysis apps (report, reproduce_paper).
+
+Registered in Hydra's ConfigStore: an unknown key or a value of the wrong type
+fails when the config is composed; range checks run in ``__post_init__`` when
+the entry point builds the object, before any data is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from analysis.ratings import CRITERIA
+from metrics.config import MetricName, MetricsConfig
+
+
+class Correction(Enum):
+    """Multiple-comparison correction; names as statsmodels.stats.multitest spells them."""
+
+    none = "none"
+    holm = "holm"
+    fdr_bh = "fdr_bh"
+    bonferroni = "bonferroni"
+
+
+def _check(condition: bool, name: str, value: object, allowed: str) -> None:
+    if not condition:
+        raise ValueError(f"{name}={value!r} is not allowed: {allowed}")
+
+
+@dataclass
+class StatisticsConfig:
+    """Choices shared by both apps."""
+
+    criteria: List[str] = field(default_factory=lambda: list(CRITERIA))
+    scale_min: float = 1.0  # declared rating scale; values outside it are refused
+    scale_max: float = 5.0
+    crossed_random_effects: bool = False  # add a random intercept per story, crossed with participant
+    correction: Correction = Correction.none
+    confidence: float = 0.95
+    digits: int = 3  # rounding in LaTeX and Markdown tables (CSV keeps full precision)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(0 < self.confidence < 1, "confidence", self.confidence, "a number in (0, 1)")
+        _check(self.scale_min < self.scale_max, "scale_min/scale_max", (self.scale_min, self.scale_max),
+               "scale_min < scale_max")
+        _check(len(self.criteria) > 0 and len(set(self.criteria)) == len(self.criteria), "criteria",
+               self.criteria, "a non-empty list of distinct column names")
+        _check(0 <= self.digits <= 10, "digits", self.digits, "an integer in [0, 10]")
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        return (self.scale_min, self.scale_max)
+
+
+@dataclass
+class ReportConfig(StatisticsConfig):
+    run_dir: str = MISSING
+    ratings: Optional[str] = None  # long ratings table (CSV/TSV/Parquet); none = metrics-only report
+    out_dir: str = "${run_dir}/report"
+    # Setting keys never treated as swept parameters (the base seed varies by design, not as a treatment).
+    exclude_parameters: List[str] = field(default_factory=lambda: ["seed"])
+    # metrics.parquet columns that are not predictors (coordinates of the shared PCA).
+    exclude_metrics: List[str] = field(default_factory=lambda: ["pca_x", "pca_y"])
+
+
+@dataclass
+class ReproducePaperConfig(StatisticsConfig):
+    paper_dir: str = MISSING
+    out_dir: str = MISSING
+    # Re-measure the survey stories with metrics.compute; false = temperature only.
+    remeasure: bool = True
+    metric_predictors: List[str] = field(default_factory=lambda: ["prototype_edit_dist_norm", "prototype_cos_sim"])
+    # The survey stories carry no token log-probs and the paper's model (Llama 2 70B) is not here,
+    # so perplexity is off; the PCA places the 31 rated stories (and the exemplar) in 2-D.
+    metrics: MetricsConfig = field(default_factory=lambda: MetricsConfig(
+        enabled=[MetricName.cos_sim, MetricName.edit_dist, MetricName.pca]))
+
+
+def register_configs() -> None:
+    store = ConfigStore.instance()
+    store.store(name="report_schema", node=ReportConfig)
+    store.store(name="reproduce_paper_schema", node=ReproducePaperConfig)

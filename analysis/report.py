@@ -1,0 +1,232 @@
+"""The analysis report of one run: tables, figures and ``report.md``.
+
+``python -m analysis.report run_dir=PATH [ratings=FILE]`` writes PATH/report/
+(tables/ as CSV + LaTeX + Markdown, figures/ as PNG + PDF, report.md showing
+the config, the tables and the figures) and prints the report's path.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from pathlib import Path
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from analysis import figures
+from analysis.config import ReportConfig, register_configs
+from analysis.correlations import correlation_table
+from analysis.descriptives import criterion_summary, setting_summary
+from analysis.mixed_models import mixed_models_table
+from analysis.ratings import RatingsError, load_ratings
+from analysis.reliability import reliability_table
+from analysis.run_data import RunData, RunError, load_run
+from analysis.tables import TableFiles, atomic_write_text, markdown_table, write_table
+
+log = logging.getLogger(__name__)
+
+BOXPLOT_METRICS = ("perplexity", "perplexity_scorer", "prototype_cos_sim", "prototype_edit_dist_norm")
+
+
+def fenced_block(text: str, language: str = "") -> str:
+    """A code block whose fence is longer than any backtick run inside (the text may be anything)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{language}\n{text.rstrip()}\n{fence}"
+
+
+class Report:
+    """Collects Markdown sections while tables and figures are written beside it."""
+
+    def __init__(self, out_dir: Path, digits: int, tables_subdir: str = "tables", name: str = "report.md"):
+        self.out_dir, self.digits, self.tables_subdir, self.name = out_dir, digits, tables_subdir, name
+        self.parts: list[str] = []
+
+    def text(self, markdown: str) -> None:
+        self.parts.append(markdown)
+
+    def table(self, table: pd.DataFrame, name: str, caption: str) -> TableFiles:
+        files = write_table(table, self.out_dir / self.tables_subdir, name, caption, self.digits)
+        prefix = f"{self.tables_subdir}/" if self.tables_subdir else ""
+        self.parts.append(
+            f"{markdown_table(table, self.digits)}\n\n*{html.escape(caption, quote=False)}* "
+            f"([CSV]({prefix}{name}.csv), [LaTeX]({prefix}{name}.tex))"
+        )
+        return files
+
+    def figure(self, paths: list[Path], caption: str) -> None:
+        png, pdf = (path.relative_to(self.out_dir).as_posix() for path in paths)
+        self.parts.append(f"![{html.escape(caption, quote=False)}]({png})\n\n*{html.escape(caption, quote=False)}* ([PDF]({pdf}))")
+
+    def write(self) -> Path:
+        path = self.out_dir / self.name
+        atomic_write_text(path, "\n\n".join(self.parts) + "\n")
+        return path
+
+
+def _check_predictors(run: RunData, predictors: list[str]) -> None:
+    """Refuse constant predictors before any figure or model, with the option that drops them."""
+    for predictor in predictors:
+        values = run.stories[predictor].dropna()
+        if values.nunique() < 2:
+            option = "exclude_parameters" if predictor in run.swept else "exclude_metrics"
+            raise RunError(
+                f"{run.run_dir}: predictor {predictor!r} has no variance (every value is {values.iloc[0]!r}); "
+                f"drop it with {option}=[...,{predictor}]"
+            )
+
+
+def _configuration_section(report: Report, config: ReportConfig, run: RunData) -> None:
+    report.text("## Configuration")
+    report.text("Report config:\n\n" + fenced_block(OmegaConf.to_yaml(OmegaConf.structured(config)), "yaml"))
+    if run.job_configs:
+        first_id, first = next(iter(run.job_configs.items()))
+        swept = ", ".join(run.swept) or "nothing"
+        report.text(f"Generation config of setting `{html.escape(first_id)}` (the {len(run.job_configs)} settings "
+                    f"differ in: {html.escape(swept)}; each is in `jobs/<setting_id>/config.yaml`):\n\n"
+                    + fenced_block(first, "yaml"))
+    if run.manifest:
+        report.text("Run manifest:\n\n" + fenced_block(run.manifest, "json"))
+
+
+def _metric_sections(report: Report, run: RunData, config: ReportConfig) -> None:
+    stories, out = run.stories, report.out_dir / "figures"
+    settings = (stories.groupby("setting_id", sort=False).size().rename("n_stories")
+                .reindex(run.settings_order).reset_index())
+    settings.insert(1, "setting", settings["setting_id"].map(run.setting_labels))
+    report.text("## Settings")
+    report.table(settings, "settings", "Settings of the run and the number of stories in each.")
+    if not run.metrics:
+        report.text("No metrics were found (metrics.parquet missing or empty).")
+        return
+
+    report.text("## Metrics per setting")
+    summary = setting_summary(stories, run.metrics, label="setting_label")
+    summary["order"] = summary["setting_id"].map({s: i for i, s in enumerate(run.settings_order)})
+    summary = summary.sort_values(["metric", "order"]).drop(columns="order")
+    report.table(summary, "setting_summary", "Per-setting mean, SD (ddof=1), median, range and n of each metric.")
+
+    group_label = (figures.axis_label(run.swept[0]) if len(run.swept) == 1
+                   else ", ".join(run.swept) if run.swept else "Setting")
+    ticks = [run.setting_ticks[s] for s in run.settings_order]
+    for metric in (m for m in BOXPLOT_METRICS if m in run.metrics):
+        paths = figures.boxplot_by_group(stories, metric, "setting_id", out / f"box_{metric}", group_label,
+                                         order=run.settings_order, tick_labels=ticks)
+        report.figure(paths, f"{figures.axis_label(metric)} per setting; box = IQR, line = median, "
+                             "diamond = mean.")
+    if {"pca_x", "pca_y"} <= set(stories.columns) and stories["pca_x"].notna().any():
+        explained = (run.sidecar.get("pca") or {}).get("explained_variance_ratio") if isinstance(
+            run.sidecar.get("pca"), dict) else None
+        note = (f" PCs explain {explained[0]:.1%} and {explained[1]:.1%} of the variance."
+                if explained and len(explained) >= 2 else "")
+        paths = figures.pca_panels(stories, "setting_id", out / "pca_scatter", order=run.settings_order,
+                                   titles=[run.setting_titles[s] for s in run.settings_order],
+                                   exemplars=run.exemplar_points)
+        report.figure(paths, "Story embeddings in the shared 2-D PCA, one panel per setting; red star = exemplar."
+                      + note)
+    if len(run.swept) == 2:
+        for metric in run.metrics:
+            paths = figures.metric_heatmap(stories, metric, run.swept[0], run.swept[1], out / f"heatmap_{metric}")
+            report.figure(paths, f"Mean {figures.axis_label(metric)} over {run.swept[0]} x {run.swept[1]}.")
+    elif len(run.swept) > 2:
+        report.text(f"Heatmaps are drawn for two-parameter sweeps; this run sweeps {len(run.swept)}.")
+
+    if run.swept:
+        report.text("## Metrics and swept parameters")
+        table = correlation_table(stories, run.swept, run.metrics, config.confidence, config.correction.value,
+                                  source=str(run.run_dir))
+        report.table(table, "correlations_parameters",
+                     f"Correlation of each metric with each swept parameter over stories; "
+                     f"{config.confidence:.0%} CIs by Fisher z; correction: {table['correction'].iloc[0]}.")
+    if run.diversity is not None:
+        report.text("## Diversity within settings")
+        report.table(run.diversity, "diversity", "Diversity of each setting (from diversity.parquet).")
+
+
+def _ratings_sections(report: Report, run: RunData, ratings: pd.DataFrame, config: ReportConfig) -> None:
+    criteria, out = list(config.criteria), report.out_dir / "figures"
+    predictors = run.swept + run.metrics
+    report.text("## Human ratings")
+    descriptives = criterion_summary(ratings, criteria).merge(
+        reliability_table(ratings, criteria, confidence=config.confidence), on="criterion")
+    report.table(descriptives, "ratings_descriptives",
+                 "Mean and SD per criterion; Cronbach's alpha as the paper (stories as items, participants as "
+                 "subjects, pairwise covariances); one-way ICC(1) and ICC(1,k) with stories as targets; "
+                 "Krippendorff's alpha (interval).")
+    paths = figures.rating_histograms(ratings, criteria, out / "rating_histograms", config.scale)
+    report.figure(paths, "Distribution of the ratings; dashed line = mean.")
+
+    joined = ratings.merge(run.stories[["story_id", "setting_id", *predictors]], on="story_id",
+                           how="left", validate="many_to_one")
+    if not predictors:
+        report.text("The run has no swept parameter and no metric: no model to fit.")
+        return
+    models = mixed_models_table(joined, criteria, predictors, crossed=config.crossed_random_effects,
+                                confidence=config.confidence, correction=config.correction.value,
+                                progress=config.progress)
+    random_part = "crossed random intercepts for participant and story" if config.crossed_random_effects \
+        else "a random intercept per participant"
+    report.text("### Mixed-effects models")
+    report.table(models, "mixed_models",
+                 f"criterion ~ predictor with {random_part} (statsmodels MixedLM, REML); Wald z tests; "
+                 f"{config.confidence:.0%} CIs. R2 after Nakagawa & Schielzeth (fixed part X*beta only); "
+                 f"*_paper = the paper's helper (fitted values incl. random effects). "
+                 f"Correction: {models['correction'].iloc[0]}.")
+
+    story_means = joined.groupby("story_id")[criteria].mean().reset_index().merge(
+        run.stories[["story_id", *predictors]], on="story_id")
+    table = correlation_table(story_means, predictors, criteria, config.confidence, config.correction.value,
+                              source="story-level mean ratings")
+    report.text("### Correlations with ratings")
+    report.table(table, "correlations_ratings",
+                 f"Correlation of each predictor with the per-story mean rating (n = rated stories, so rows are "
+                 f"independent); correction: {table['correction'].iloc[0]}.")
+
+
+def build_report(config: ReportConfig) -> Path:
+    """Write the report of ``config.run_dir`` and return the path of report.md."""
+    run = load_run(config.run_dir, config.exclude_parameters, config.exclude_metrics)
+    ratings = None
+    if config.ratings:
+        ratings = load_ratings(config.ratings, config.criteria, config.scale, set(run.stories["story_id"]))
+    _check_predictors(run, run.swept + run.metrics)
+
+    out_dir = Path(config.out_dir)
+    report = Report(out_dir, config.digits)
+    report.text(f"# Analysis report\n\nRun: `{html.escape(str(run.run_dir))}`: {len(run.stories)} stories in "
+                f"{len(run.settings_order)} settings; swept: {html.escape(', '.join(run.swept) or 'nothing')}; "
+                f"metrics: {html.escape(', '.join(run.metrics) or 'none')}"
+                + (f"; ratings: `{html.escape(str(config.ratings))}` ({len(ratings)} rows)." if ratings is not None
+                   else "; no human ratings."))
+    _configuration_section(report, config, run)
+    _metric_sections(report, run, config)
+    if ratings is not None:
+        _ratings_sections(report, run, ratings, config)
+    return report.write()
+
+
+def report_for_run(run_dir: str | Path, ratings: str | Path | None = None, **options) -> Path:
+    """The report with default options, for code that is not a Hydra app (the demo job ends with this)."""
+    config = ReportConfig(run_dir=str(run_dir), ratings=str(ratings) if ratings else None,
+                          out_dir=str(Path(run_dir) / "report"), **options)
+    return build_report(config)
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
+def main(cfg: DictConfig) -> None:
+    config: ReportConfig = OmegaConf.to_object(cfg)
+    try:
+        path = build_report(config)
+    except (RunError, RatingsError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Reproduce the human-evaluation analysis of Peeperkorn et al. (ICCC 2024) from its released data.
+
+``python -m analysis.reproduce_paper paper_dir=../shared/paper out_dir=PATH`` writes
+
+- ``descriptives.csv``: criterion, mean, sd, cronbach_alpha (the paper's Table 1 layout);
+- ``lme.csv``: criterion, predictor, beta, se, p, r2_conditional, r2_marginal,
+  r2_conditional_paper, r2_marginal_paper (the paper's Table 2 layout), for
+  temperature and for the measures our metrics stage computes on the survey
+  stories against the exemplar;
+- the same in LaTeX and Markdown, full tables (CIs, ICC, Krippendorff's alpha,
+  variance components) beside them, the re-measured story metrics, the figures
+  the data allow, and ``reproduction.md`` linking everything.
+
+The 700 generated stories were not released, so perplexity and the 2-D PCA
+of the paper's Figure 1-3 cannot be rebuilt; only the 31 rated stories can be
+re-measured, and with our embedding model rather than Llama 2 70B.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from analysis import figures
+from analysis.config import ReproducePaperConfig, register_configs
+from analysis.descriptives import criterion_summary
+from analysis.mixed_models import mixed_models_table
+from analysis.ratings import RatingsError, load_ratings
+from analysis.reliability import reliability_table
+from analysis.report import Report, fenced_block
+from analysis.run_data import exemplar_points
+from analysis.tables import atomic_write_text
+from metrics.config import MetricsConfig
+
+log = logging.getLogger(__name__)
+
+RATINGS_FILE = "survey_data_by_evaluation.csv.tar.gz"
+DESCRIPTIVES_COLUMNS = ["criterion", "mean", "sd", "cronbach_alpha"]
+LME_COLUMNS = ["criterion", "predictor", "beta", "se", "p", "r2_conditional", "r2_marginal",
+               "r2_conditional_paper", "r2_marginal_paper"]
+
+
+class PaperDataError(ValueError):
+    """The paper folder is missing a file or its files disagree."""
+
+
+def survey_stories(paper_dir: Path) -> pd.DataFrame:
+    """The rated survey stories (practice stories left out): story_id, temperature, text.
+
+    The released texts use ``<br>`` for line breaks; they become newlines, as the participants saw them.
+    """
+    folder = paper_dir / "survey_stories"
+    metadata_path = folder / "metadata.csv"
+    if not metadata_path.exists():
+        raise PaperDataError(f"{metadata_path}: not found (expected the paper's survey_stories/metadata.csv)")
+    metadata = pd.read_csv(metadata_path, index_col=0, dtype={"id": str})
+    rated = metadata[metadata["type"] == "evaluation"]
+    rows = []
+    for story in rated.itertuples():
+        path = folder / f"{story.id}.txt"
+        if not path.exists():
+            raise PaperDataError(f"{path}: story text listed in {metadata_path} is missing")
+        text = path.read_text(encoding="utf-8").replace("<br>", "\n").strip()
+        rows.append({"story_id": story.id, "temperature": float(story.t), "text": text})
+    return pd.DataFrame(rows)
+
+
+def exemplar_text(paper_dir: Path) -> str:
+    path = paper_dir / "exemplar.txt"
+    if not path.exists():
+        raise PaperDataError(f"{path}: not found (the exemplar story of the paper)")
+    return path.read_text(encoding="utf-8").strip()
+
+
+def load_paper_ratings(paper_dir: Path, config: ReproducePaperConfig, stories: pd.DataFrame) -> pd.DataFrame:
+    """The long ratings, validated against the survey stories and their temperatures."""
+    ratings = load_ratings(paper_dir / RATINGS_FILE, config.criteria, config.scale, set(stories["story_id"]))
+    ratings["temperature"] = pd.to_numeric(ratings["temperature"])
+    expected = ratings["story_id"].map(stories.set_index("story_id")["temperature"])
+    mismatch = ratings.index[(expected - ratings["temperature"]).abs() > 1e-9]
+    if len(mismatch):
+        row = ratings.loc[mismatch[0]]
+        raise PaperDataError(f"{paper_dir / RATINGS_FILE}: story {row['story_id']!r} has temperature "
+                             f"{row['temperature']} but metadata.csv says {expected[mismatch[0]]}")
+    return ratings
+
+
+def remeasure_stories(stories: pd.DataFrame, exemplar: str, predictors: list[str],
+                      metrics_config: MetricsConfig) -> tuple[pd.DataFrame, dict]:
+    """Run the metrics stage on the survey stories against the exemplar; return (metrics, sidecar)."""
+    try:
+        from metrics.compute import compute_story_metrics
+    except ImportError as error:
+        raise PaperDataError(f"the metrics stage is not available ({error}); run with remeasure=false "
+                             "for temperature only") from None
+    metrics, sidecar = compute_story_metrics(stories[["story_id", "text"]], [exemplar], metrics_config)
+    missing = [p for p in predictors if p not in metrics.columns]
+    if missing:
+        raise PaperDataError(f"metrics.compute did not return {missing} (got {list(metrics.columns)})")
+    metrics["story_id"] = metrics["story_id"].astype(str)
+    return metrics, sidecar
+
+
+def reproduce(config: ReproducePaperConfig) -> Path:
+    """Write every output into ``config.out_dir``; return the path of reproduction.md."""
+    paper_dir, out_dir = Path(config.paper_dir), Path(config.out_dir)
+    stories = survey_stories(paper_dir)
+    exemplar = exemplar_text(paper_dir)
+    ratings = load_paper_ratings(paper_dir, config, stories)
+    criteria = list(config.criteria)
+
+    predictors = ["temperature"]
+    story_metrics = stories[["story_id", "temperature"]].copy()
+    sidecar: dict = {}
+    if config.remeasure:
+        measured, sidecar = remeasure_stories(stories, exemplar, list(config.metric_predictors), config.metrics)
+        story_metrics = story_metrics.merge(measured, on="story_id", how="left", validate="one_to_one")
+        predictors += list(config.metric_predictors)
+    data = ratings.merge(story_metrics.drop(columns="temperature"), on="story_id", how="left")
+
+    reliability = reliability_table(ratings, criteria, confidence=config.confidence)
+    descriptives = criterion_summary(ratings, criteria).merge(reliability, on="criterion")
+    models = mixed_models_table(data, criteria, predictors, crossed=config.crossed_random_effects,
+                                confidence=config.confidence, correction=config.correction.value,
+                                progress=config.progress)
+
+    report = Report(out_dir, config.digits, tables_subdir="", name="reproduction.md")
+    report.text("# Reproduction of Peeperkorn et al. (ICCC 2024), human evaluation\n\n"
+                f"Data: `{html.escape(str(paper_dir))}`: {len(ratings)} ratings by "
+                f"{ratings['participant_id'].nunique()} participants of {ratings['story_id'].nunique()} stories.")
+    report.text("Config:\n\n" + fenced_block(OmegaConf.to_yaml(OmegaConf.structured(config)), "yaml"))
+    report.text("## Descriptive statistics and reliability")
+    report.table(descriptives[DESCRIPTIVES_COLUMNS], "descriptives",
+                 "Mean, SD (ddof=1) and Cronbach's alpha per criterion (stories as items, participants as "
+                 "subjects, pairwise covariances, as the paper).")
+    report.table(descriptives, "descriptives_full",
+                 "As above with n, median, the alpha CI (Feldt), one-way ICC(1)/ICC(1,k) with stories as "
+                 "targets, and Krippendorff's alpha (interval).")
+    report.text("## Linear mixed-effects models")
+    random_part = "crossed random intercepts (participant, story)" if config.crossed_random_effects \
+        else "a random intercept per participant"
+    report.table(models[LME_COLUMNS], "lme",
+                 f"criterion ~ predictor with {random_part}, REML. r2_* after Nakagawa & Schielzeth "
+                 "(fixed-effect variance from X*beta); r2_*_paper as the paper's helper (variance of fitted "
+                 "values, which include the random effects).")
+    report.table(models, "lme_full", f"All columns: Wald z, {config.confidence:.0%} CI, variance components, "
+                                     f"convergence; correction: {models['correction'].iloc[0]}.")
+    report.table(story_metrics, "story_metrics",
+                 "The rated stories with temperature and the re-measured metrics (against exemplar.txt).")
+    if sidecar:
+        atomic_write_text(out_dir / "story_metrics.json", json.dumps(sidecar, indent=2, default=str))
+
+    report.text("## Figures")
+    figure_dir = out_dir / "figures"
+    report.figure(figures.rating_histograms(ratings, criteria, figure_dir / "rating_histograms", config.scale),
+                  "Distribution of the ratings; dashed line = mean.")
+    temperatures = sorted(ratings["temperature"].unique())
+    ticks = [f"{t:g}" for t in temperatures]
+    for criterion in criteria:
+        paths = figures.boxplot_by_group(ratings, criterion, "temperature", figure_dir / f"box_{criterion}",
+                                         "Temperature", order=temperatures, tick_labels=ticks,
+                                         value_label=figures.axis_label(criterion, config.scale))
+        report.figure(paths, f"{criterion.capitalize()} ratings per temperature; diamond = mean.")
+    for metric in config.metric_predictors if config.remeasure else []:
+        paths = figures.boxplot_by_group(story_metrics, metric, "temperature", figure_dir / f"box_{metric}",
+                                         "Temperature", order=temperatures, tick_labels=ticks)
+        report.figure(paths, f"{figures.axis_label(metric)} of the rated stories per temperature "
+                             "(5 stories per temperature, 1 at 0.001).")
+    if {"pca_x", "pca_y"} <= set(story_metrics.columns):
+        paths = figures.pca_panels(story_metrics, "temperature", figure_dir / "pca_scatter", order=temperatures,
+                                   titles=[f"T = {t:g}" for t in temperatures], exemplars=exemplar_points(sidecar))
+        report.figure(paths, "Rated stories and the exemplar (red star) in a 2-D PCA of their embeddings, "
+                             "one panel per temperature.")
+    return report.write()
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="reproduce_paper")
+def main(cfg: DictConfig) -> None:
+    config: ReproducePaperConfig = OmegaConf.to_object(cfg)
+    try:
+        path = reproduce(config)
+    except (PaperDataError, RatingsError) as error:
+        raise SystemExit(f"error: {error}") from None
+    out_dir = Path(config.out_dir)
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 4):
+        print(pd.read_csv(out_dir / "descriptives.csv").to_string(index=False))
+        print()
+        print(pd.read_csv(out_dir / "lme.csv").to_string(index=False))
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""What every metric family works on: the stories, the exemplars, the models
+(loaded only when a family first asks), and a record of why a value is NaN.
+
+A family is a small object with a name and a ``measure(context)`` function;
+``metrics.registry`` lists them. Families never switch on each other's names.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+import numpy as np
+
+from metrics.cache import ContentCache
+from metrics.config import MetricName, MetricsConfig
+
+log = logging.getLogger(__name__)
+
+
+class TextEmbedder(Protocol):
+    """Turns texts into L2-normalised vectors (one row per text)."""
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def embed(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors, token counts); NaN rows for texts without content."""
+        ...
+
+    def token_ids(self, text: str) -> list[int]: ...
+
+
+class TextScorer(Protocol):
+    """Log-likelihood of texts under a causal language model."""
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def score(self, texts: Sequence[str], prompts: Sequence[Optional[str]], progress: bool = True) -> list[Any]:
+        """A ``metrics.scorer.Score`` (summed NLL in nats, scored tokens, windows) per text."""
+        ...
+
+    def token_ids(self, text: str) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    """One exemplar story. ``role`` is "prototype", "set" or "prototype+set"."""
+
+    exemplar_id: str
+    text: str
+    role: str
+    source: str
+
+
+class NanLog:
+    """Why each NaN is NaN (column -> reason -> story ids); notes on stories that got values anyway
+    (note -> story ids)."""
+
+    def __init__(self, story_ids: Sequence[str]):
+        self.story_ids = list(story_ids)
+        self.reasons: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+        self.notes: dict[str, list[str]] = defaultdict(list)
+
+    def nan(self, column: str, indices: Sequence[int] | range, reason: str) -> None:
+        for index in indices:
+            self.reasons[column][reason].append(self.story_ids[index])
+
+    def note(self, index: int, text: str) -> None:
+        self.notes[text].append(self.story_ids[index])
+
+    def explained(self, column: str) -> set[str]:
+        return {story for stories in self.reasons.get(column, {}).values() for story in stories}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "nan": {column: {reason: ids for reason, ids in by_reason.items()}
+                    for column, by_reason in self.reasons.items()},
+            "notes": dict(self.notes),
+        }
+
+
+@dataclass
+class MeasureContext:
+    """The inputs of one measurement. Texts are already normalised."""
+
+    story_ids: list[str]
+    texts: list[str]
+    config: MetricsConfig
+    # The exact prompt string of each story, or None.
+    prompts: list[Optional[str]]
+    # Stored log-probs of each story's generated tokens; None when the input has none.
+    token_logprobs: Optional[list[Any]]
+    exemplars: list[Exemplar]
+    # Index into ``exemplars`` of each story's prototype, or None.
+    prototype_of: list[Optional[int]]
+    # Indices into ``exemplars`` of the exemplar set.
+    exemplar_set: list[int]
+    nan_log: NanLog
+    embedder_factory: Callable[[], TextEmbedder]
+    scorer_factory: Callable[[], TextScorer]
+    cache: Optional[ContentCache] = None
+    # Intermediate results shared between families (unit sequences, cache counts).
+    memo: dict[str, Any] = field(default_factory=dict)
+    # Why a story has no prototype, and why there is no exemplar set, in a log reader's words.
+    no_prototype_reason: str = "no prototype given"
+    no_exemplar_set_reason: str = "no exemplar set given"
+    # Story index -> why it has no embedding (filled when embeddings are computed).
+    embedding_problems: dict[int, str] = field(default_factory=dict)
+
+    @cached_property
+    def embedder(self) -> TextEmbedder:
+        return self.embedder_factory()
+
+    @cached_property
+    def scorer(self) -> TextScorer:
+        return self.scorer_factory()
+
+    @cached_property
+    def _all_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """Stories then exemplars, embedded in one pass (the model batches across both)."""
+        texts = self.texts + [exemplar.text for exemplar in self.exemplars]
+        vectors, counts = self.embedder.embed(texts)
+        for index in np.flatnonzero(~np.isfinite(vectors[: self.n]).all(axis=1)):
+            self.embedding_problems[int(index)] = (
+                "no text to embed (empty or whitespace-only)" if not self.texts[index].strip()
+                else "the embedding model found no tokens in the text")
+        return vectors, counts
+
+    @property
+    def embeddings_computed(self) -> bool:
+        return "_all_embeddings" in self.__dict__
+
+    @property
+    def story_embeddings(self) -> np.ndarray:
+        """One L2-normalised row per story; NaN rows for texts without content."""
+        return self._all_embeddings[0][: self.n]
+
+    @property
+    def exemplar_embeddings(self) -> np.ndarray:
+        return self._all_embeddings[0][self.n:]
+
+    @property
+    def story_token_counts(self) -> np.ndarray:
+        """Tokens of each story under the embedding model's tokenizer."""
+        return self._all_embeddings[1][: self.n]
+
+    def embedding_nan_reason(self, index: int) -> str:
+        return self.embedding_problems.get(index, "no embedding")
+
+    @property
+    def n(self) -> int:
+        return len(self.texts)
+
+
+@dataclass(frozen=True)
+class StoryFamily:
+    """A family of per-story metrics: ``measure`` returns {column: values} and a sidecar entry."""
+
+    name: MetricName
+    measure: Callable[[MeasureContext], tuple[dict[str, np.ndarray], dict[str, Any]]]
