@@ -10,7 +10,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from experiments.store import read_stories
+from experiments.store import unique_stories
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,18 @@ def _labels(row: pd.Series, swept: Sequence[str]) -> tuple[str, str, str]:
     if not swept:
         return (str(row["setting_id"]),) * 3
     pairs = [f"{key}={_value(row[key])}" for key in swept]
-    return ", ".join(pairs), ", ".join(_value(row[key]) for key in swept), "\n".join(pairs)
+    # Panel titles are short (3 significant digits) so that panels at column width do not collide.
+    short = [f"{_short_key(key)} = {_compact(row[key])}" for key in swept]
+    return ", ".join(pairs), ", ".join(_value(row[key]) for key in swept), "\n".join(short)
+
+
+def _compact(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _short_key(key: str) -> str:
+    return {"temperature": "T", "repetition_penalty": "rep. penalty", "presence_penalty": "presence",
+            "frequency_penalty": "frequency"}.get(key, key)
 
 
 def load_run(run_dir: str | Path, exclude_parameters: Sequence[str] = ("seed",),
@@ -70,7 +81,9 @@ def load_run(run_dir: str | Path, exclude_parameters: Sequence[str] = ("seed",),
     stories_path = run_dir / "stories.jsonl"
     if not stories_path.exists():
         raise RunError(f"{run_dir}: no stories.jsonl; run_dir must be a run written by the generate stage")
-    stories = read_stories(stories_path)
+    # Only ids and settings are needed: stream, never holding every story's log-probs.
+    stories = [{"story_id": story["story_id"], "setting_id": story.get("setting_id"), "setting": story.get("setting")}
+               for story in unique_stories(stories_path)]
     if not stories:
         raise RunError(f"{stories_path}: no stories")
     setting_keys = sorted({key for story in stories for key in (story.get("setting") or {})})

@@ -129,7 +129,7 @@ class BackendConfig:
 @dataclass
 class HFBackendConfig(BackendConfig):
     name: str = "hf"
-    batch_size: int = 32
+    batch_size: int = 64
     dtype: str = "float32"
     threads: Optional[int] = None
 

@@ -74,7 +74,7 @@ def test_harness_store(tmp_path):
         loaded = load_stories(path)
         assert loaded.setting_columns == ["temperature", "top_k", "stop"]
         assert loaded.frame["setting_id"].tolist() == ["A", "B"]
-        assert loaded.frame["token_logprobs"][0] == [-0.5, -1.0]
+        assert list(loaded.frame["token_logprobs"][0]) == [-0.5, -1.0]  # kept as a compact float array
         assert loaded.frame["stop"][0] == '["\\n\\n"]'
 
 
