@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from experiments.config import GenerateConfig, HFBackendConfig, LlamaCppBackendConfig, PromptConfig, SamplingConfig
+from experiments.models import resolve_dtype
 from experiments.run import get_backend, run_generation
 
 PAPER_PROMPT = PromptConfig(id="paper", messages=[{"role": "user", "content": "Write a story."}],
@@ -50,13 +51,17 @@ def main() -> None:
 
     cores = os.cpu_count() or 1
     backends = {
-        f"hf batched (batch {args.batch_size})": HFBackendConfig(batch_size=args.batch_size),
+        f"hf batched (batch {args.batch_size}, {resolve_dtype('auto')}: the default)":
+            HFBackendConfig(batch_size=args.batch_size),
+        f"hf batched (batch {args.batch_size}, float32)": HFBackendConfig(batch_size=args.batch_size, dtype="float32"),
         f"llamacpp sequential, {cores} threads (paper's loop, our threads)": LlamaCppBackendConfig(),
         f"llamacpp sequential, {max(1, cores // 2)} thread(s) (llama-cpp-python's default)":
             LlamaCppBackendConfig(threads=max(1, cores // 2)),
     }
     if not args.with_default_threads:
-        backends.pop(list(backends)[2])
+        backends.pop(list(backends)[3])
+    if resolve_dtype("auto") == "float32":
+        backends.pop(list(backends)[1])  # the same as the default here
     for backend_config in backends.values():  # load outside the clock
         get_backend(config(backend_config, 1, 1, Path("."))).load()
     runs: dict[str, list[tuple[float, int]]] = {name: [] for name in backends}
@@ -74,10 +79,12 @@ def main() -> None:
         tokens = int(statistics.median(t for _, t in results))
         rates[name] = tokens / seconds
         print(f"| {name} | {args.stories} | {tokens} | {seconds:.1f} | {args.stories / seconds * 60:.1f} | {tokens / seconds:.1f} |")
-    hf_name, *llama_names = list(backends)
+    hf_names = [name for name in backends if name.startswith("hf")]
+    llama_names = [name for name in backends if name.startswith("llamacpp")]
     print()
-    for llama_name in llama_names:
-        print(f"ratio hf / {llama_name} (tokens/s): {rates[hf_name] / rates[llama_name]:.2f}x")
+    for hf_name in hf_names:
+        for llama_name in llama_names:
+            print(f"ratio {hf_name} / {llama_name} (tokens/s): {rates[hf_name] / rates[llama_name]:.2f}x")
 
 
 if __name__ == "__main__":

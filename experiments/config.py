@@ -130,12 +130,14 @@ class BackendConfig:
 class HFBackendConfig(BackendConfig):
     name: str = "hf"
     batch_size: int = 64
-    dtype: str = "float32"
+    # auto: bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX), else float32
+    dtype: str = "auto"
     threads: Optional[int] = None
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "backend.batch_size", self.batch_size, "an integer >= 1")
-        _check(self.dtype in ("float32", "bfloat16"), "backend.dtype", self.dtype, "float32 or bfloat16")
+        _check(self.dtype in ("auto", "float32", "bfloat16"), "backend.dtype", self.dtype,
+               "auto, float32 or bfloat16")
 
 
 @dataclass

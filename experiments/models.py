@@ -89,6 +89,23 @@ def model_identity(path: Path) -> dict[str, Any]:
     return {"path": str(path), "file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
+@lru_cache(maxsize=1)
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (x86 AVX512-BF16 or AMX), from /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str) -> str:
+    """``auto`` -> bfloat16 where the CPU has it natively (about 1.4x faster here), else float32."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if native_bfloat16() else "float32"
+
+
 @lru_cache(maxsize=8)
 def gguf_chat_metadata(path: Path) -> dict[str, Any]:
     """Chat template and special tokens from a GGUF header (no weights are read)."""

@@ -91,7 +91,7 @@ def plan_setting(config: GenerateConfig, resolved_config: Optional[str] = None) 
     prompt_text = backend.prompt_text(config.prompt)
     setting = setting_of(config.sampling)
     identity = backend.identity()
-    sid = setting_id(setting, config.prompt.id, prompt_text, backend.name, identity["sha256"])
+    sid = setting_id(setting, config.prompt.id, prompt_text, backend.name + backend.variant(), identity["sha256"])
     requests = [
         StoryRequest(story_id=story_id(sid, index), sample_index=index,
                      seed=story_seed(setting, prompt_text, index), prompt=prompt_text)

@@ -109,6 +109,10 @@ class Backend(ABC):
     def identity(self) -> dict[str, Any]:
         """Model identity for stories and the manifest: at least ``model`` and ``sha256``."""
 
+    def variant(self) -> str:
+        """What, besides backend and model file, changes the numbers (e.g. precision); part of setting ids."""
+        return ""
+
     @abstractmethod
     def chat_metadata(self) -> Optional[dict[str, Any]]:
         """The model's chat template and special tokens (None if it has none)."""

@@ -18,7 +18,8 @@ from typing import Any, Iterator, Optional
 
 from experiments.backends.base import Backend, GeneratedStory, StoryRequest
 from experiments.config import HFBackendConfig, SamplingConfig
-from experiments.models import gguf_chat_metadata, load_transformers_causal_lm, model_identity, resolve_model_path
+from experiments.models import (gguf_chat_metadata, load_transformers_causal_lm, model_identity,
+                               resolve_dtype, resolve_model_path)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class HFBackend(Backend):
         super().__init__(config)
         self.model_path: Path = resolve_model_path(config.model_path, config.model_package, config.model_file)
         self._identity = model_identity(self.model_path)
+        self.dtype = resolve_dtype(config.dtype)
         self.model = self.tokenizer = None
 
     def load(self) -> None:
@@ -47,7 +49,7 @@ class HFBackend(Backend):
 
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
-        self.model, self.tokenizer = load_transformers_causal_lm(self.model_path, self.config.dtype)
+        self.model, self.tokenizer = load_transformers_causal_lm(self.model_path, self.dtype)
         self.end_ids = self._end_of_turn_ids()
 
     def _end_of_turn_ids(self) -> list[int]:
@@ -56,7 +58,11 @@ class HFBackend(Backend):
         return sorted(i for i in ids if i is not None)
 
     def identity(self) -> dict[str, Any]:
-        return {"model": self.model_path.name, **self._identity, "runtime": "transformers"}
+        return {"model": self.model_path.name, **self._identity, "runtime": "transformers", "precision": self.dtype}
+
+    def variant(self) -> str:
+        # Precision changes the numbers, so float32 and bfloat16 stories never share ids.
+        return "" if self.dtype == "float32" else f":{self.dtype}"
 
     def chat_metadata(self) -> Optional[dict[str, Any]]:
         return gguf_chat_metadata(self.model_path)
@@ -96,17 +102,18 @@ class HFBackend(Backend):
             for step in range(sampling.max_tokens):
                 logits = self.model(input_ids=next_input, past_key_values=cache, use_cache=True,
                                     logits_to_keep=1).logits[:, -1, :].float()
-                # The stored log-prob is under the untempered, unpenalised model,
-                # as llama.cpp and OpenAI report it.
-                raw_logprobs = torch.log_softmax(logits, dim=-1)
-                scores = transform(generated, logits)
+                scores, candidates = transform(generated, logits)
                 if sampling.temperature == 0:
-                    tokens = scores.argmax(dim=-1)
+                    choice = scores.argmax(dim=-1)
                 else:
                     uniforms = torch.stack([torch.rand((), generator=generators[index], dtype=torch.float64)
                                             for index in active])
-                    tokens = sample_by_inverse_cdf(torch.softmax(scores, dim=-1), uniforms)
-                token_logprobs = raw_logprobs.gather(1, tokens[:, None])[:, 0].tolist()
+                    choice = sample_by_inverse_cdf(torch.softmax(scores, dim=-1), uniforms)
+                tokens = choice if candidates is None else candidates.gather(1, choice[:, None])[:, 0]
+                # The stored log-prob is under the untempered, unpenalised model,
+                # as llama.cpp and OpenAI report it.
+                token_logprobs = (logits.gather(1, tokens[:, None])[:, 0]
+                                  - torch.logsumexp(logits, dim=-1)).tolist()
                 for row, index in enumerate(active):
                     logprobs[index].append(token_logprobs[row])
                 generated = torch.cat([generated, tokens[:, None]], dim=1)
@@ -160,10 +167,10 @@ def sample_by_inverse_cdf(probs, uniforms):
 
 
 def _logit_transform(sampling: SamplingConfig, vocab_size: int):
-    """A function (generated ids, logits) -> scores applying the setting, in llama.cpp's order."""
+    """A function (generated ids, logits) -> (scores, candidates) applying the setting, in llama.cpp's order."""
     import torch
     from transformers import (LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper,
-                              TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper)
+                              TopPLogitsWarper, TypicalLogitsWarper)
 
     bias = None
     if sampling.logit_bias:
@@ -174,8 +181,6 @@ def _logit_transform(sampling: SamplingConfig, vocab_size: int):
             bias[int(token)] = float(value)
 
     warpers = LogitsProcessorList()
-    if sampling.top_k > 0:
-        warpers.append(TopKLogitsWarper(sampling.top_k))
     if sampling.typical_p is not None and sampling.typical_p < 1:
         warpers.append(TypicalLogitsWarper(sampling.typical_p))
     if sampling.top_p < 1:
@@ -185,15 +190,20 @@ def _logit_transform(sampling: SamplingConfig, vocab_size: int):
     if sampling.temperature > 0 and sampling.temperature != 1:
         warpers.append(TemperatureLogitsWarper(sampling.temperature))
 
-    def transform(generated: "torch.Tensor", logits: "torch.Tensor") -> "torch.Tensor":
-        scores = logits.clone()
-        if bias is not None:
-            scores += bias
+    def transform(generated: "torch.Tensor", logits: "torch.Tensor"):
+        """(scores, candidate token ids or None when scores cover the whole vocabulary)."""
+        scores = logits if bias is None else logits + bias
         window = generated if not sampling.repeat_last_n or sampling.repeat_last_n < 0 else generated[:, -sampling.repeat_last_n:]
         if sampling.repeat_last_n != 0 and window.shape[1] > 0:
             scores = apply_penalties(scores, window, sampling.repetition_penalty,
                                      sampling.presence_penalty, sampling.frequency_penalty)
-        return warpers(generated, scores) if warpers else scores
+        candidates = None
+        if sampling.top_k > 0:
+            # Top-k as a gather, not a mask: the later warpers and the draw then
+            # work on k candidates instead of the whole vocabulary. Equivalent,
+            # since masked tokens would have had probability 0 anyway.
+            scores, candidates = scores.topk(min(sampling.top_k, scores.shape[-1]), dim=-1)
+        return (warpers(generated, scores) if warpers else scores), candidates
 
     return transform
 
