@@ -149,7 +149,8 @@ def select_stories(
             rated = {s: v for s, v in rated.items() if v}
             notes.append(f"short_settings=repeat: kept {listing}; their stories are rated more often")
     if not rated:
-        raise SurveyError(f"{source}: no setting has a story to rate")
+        raise SurveyError(f"{source}: no setting has a story to rate"
+                          + (f" ({notes[-1]}); lower stories_per_setting={stories_per_setting}" if notes else ""))
 
     used = {story.story_id for stories_ in rated.values() for story in stories_}
     practice_stories = _pick_practice(pool.loc[~pool["story_id"].isin(used)], practice, rng, source,
