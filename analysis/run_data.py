@@ -119,7 +119,7 @@ def load_run(run_dir: str | Path, exclude_parameters: Sequence[str] = ("seed",),
             if not pd.api.types.is_numeric_dtype(metric_frame[column]):
                 log.info("metric column %r is not numeric: left out of the statistics", column)
             elif metric_frame[column].notna().sum() == 0:
-                log.warning("metric column %r has no values (all missing): left out of the statistics", column)
+                log.info("metric column %r has no values (all missing): left out of the statistics", column)
             else:
                 metrics.append(column)
     else:

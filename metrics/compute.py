@@ -165,11 +165,19 @@ def _account_for_nans(frame: pd.DataFrame, nan_log: NanLog) -> None:
         unexplained = [int(i) for i in nan_positions if ids[i] not in explained]
         if unexplained:
             nan_log.nan(column, unexplained, "no reason recorded (a bug: please report)")
+    # A column that is NaN for every story for one reason (say, no exemplar set was
+    # given) is a choice, not a problem: one line for all such columns.
+    whole_columns: dict[str, list[str]] = {}
     for column, by_reason in nan_log.reasons.items():
         for reason, story_ids in by_reason.items():
+            if len(story_ids) == len(ids) and len(by_reason) == 1 and "a bug" not in reason:
+                whole_columns.setdefault(reason, []).append(column)
+                continue
             shown = ", ".join(story_ids[:5]) + (f" and {len(story_ids) - 5} more" if len(story_ids) > 5 else "")
             log.warning("%s is NaN for %d stor%s: %s [%s]", column, len(story_ids),
                         "y" if len(story_ids) == 1 else "ies", reason, shown)
+    for reason, columns in whole_columns.items():
+        log.info("NaN for every story (%s): %s", reason, ", ".join(columns))
     for note, story_ids in nan_log.notes.items():
         log.info("%d stor%s: %s", len(story_ids), "y" if len(story_ids) == 1 else "ies", note)
 
