@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from experiments.backends.base import Backend, GeneratedStory, StoryRequest
-from experiments.config import HFBackendConfig, SamplingConfig
+from experiments.config import ConfigError, HFBackendConfig, SamplingConfig
 from experiments.models import (gguf_chat_metadata, load_transformers_causal_lm, model_identity,
                                resolve_dtype, resolve_model_path)
 
@@ -91,6 +91,11 @@ class HFBackend(Backend):
         transform = _logit_transform(sampling, self.model.config.vocab_size)
         generators = [torch.Generator().manual_seed(request.seed) for request in batch]
         prompt_ids = torch.tensor([self._prompt_ids(batch[0].prompt)] * len(batch))
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if context and prompt_ids.shape[1] + sampling.max_tokens > context:
+            raise ConfigError(
+                f"sampling.max_tokens={sampling.max_tokens} plus the prompt's {prompt_ids.shape[1]} tokens exceed "
+                f"the model's context of {context} tokens; lower max_tokens")
         active = list(range(len(batch)))  # positions in `batch` still generating
         generated = torch.empty((len(batch), 0), dtype=torch.long)
         logprobs: list[list[float]] = [[] for _ in batch]
