@@ -76,9 +76,7 @@ def job_configs(cfg: DictConfig) -> list[DictConfig]:
 
 def generate(cfg: DictConfig) -> int:
     configs = job_configs(cfg)
-    typed = [to_typed(job) for job in configs]
-    for config in typed:
-        validate(config)
+    typed = [to_typed(job) for job in configs]  # range checks; run_generation checks backend support
     summary = run_generation(typed, resolved_configs=[OmegaConf.to_yaml(job, resolve=True) for job in configs])
     log.info(
         "done: %d setting(s), %d stories requested, %d were already stored, %d generated "

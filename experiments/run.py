@@ -1,7 +1,7 @@
 """The generate stage's core: plan the stories of each setting, generate the
 missing ones, and append each to the store as soon as it is finished.
 
-``run_generation`` takes typed configs (already validated) and never touches
+``run_generation`` takes typed configs, checks them all first, and never touches
 Hydra, so tests and other tools call it directly.
 """
 

@@ -212,22 +212,28 @@ def test_killing_the_server_mid_sweep_and_restarting_it_loses_and_repeats_nothin
     assert max(s["server_response"]["attempts"] for s in stories) > 1
 
 
-def test_a_sweep_that_outlasts_its_retries_says_so_and_resumes(server, tmp_path):
-    out = tmp_path / "resume"
-    args = backend_args(server, out, "prompt=paper", "prompt.assistant_prefix=''", "sampling.n=6",
-                        "sampling.max_tokens=24", "backend.max_concurrency=2", "backend.max_retries=1",
-                        "backend.backoff_base_s=0.2", "backend.backoff_max_s=0.4")
+def run_and_take_the_server_down(server, args, out, after_lines: int):
+    """Start a sweep, kill the server once ``after_lines`` stories are stored, and let the sweep end."""
     env = dict(os.environ, OPENAI_API_KEY=SECRET)
     process = subprocess.Popen(generate_command(*args), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_lines(out / "stories.jsonl", 2, process)
+        wait_for_lines(out / "stories.jsonl", after_lines, process)
         server.kill()
         _, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
         server.ensure_running()
+    return process, stderr
+
+
+def test_a_sweep_that_outlasts_its_retries_says_so_and_resumes(server, tmp_path):
+    out = tmp_path / "resume"
+    args = backend_args(server, out, "prompt=paper", "prompt.assistant_prefix=''", "sampling.n=6",
+                        "sampling.max_tokens=24", "backend.max_concurrency=2", "backend.max_retries=1",
+                        "backend.backoff_base_s=0.2", "backend.backoff_max_s=0.4")
+    process, stderr = run_and_take_the_server_down(server, args, out, after_lines=2)
     stored = (out / "stories.jsonl").read_bytes().count(b"\n")
     assert process.returncode == 3, stderr[-4000:]
     assert 2 <= stored < 6 and f"INCOMPLETE: {6 - stored} stories failed" in stderr
@@ -247,17 +253,7 @@ def test_a_multirun_sweep_finishes_every_job_then_reports_incomplete(server, tmp
                                 "sampling.temperature=0.5,1.0", "sampling.n=4", "sampling.max_tokens=24",
                                 "backend.max_concurrency=1", "backend.max_retries=1", "backend.backoff_base_s=0.2",
                                 "backend.backoff_max_s=0.4")]
-    env = dict(os.environ, OPENAI_API_KEY=SECRET)
-    process = subprocess.Popen(generate_command(*args), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for_lines(out / "stories.jsonl", 1, process)
-        server.kill()
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        server.ensure_running()
+    process, stderr = run_and_take_the_server_down(server, args, out, after_lines=1)
     assert process.returncode != 0 and "Traceback" not in stderr
     assert stderr.count("the sweep is INCOMPLETE") == 3  # each job's own list, then Hydra's one line at the end
     job_logs = sorted((out / "hydra").glob("job-*/generate.log"))  # the second job ran after the first came up short
