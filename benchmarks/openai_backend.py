@@ -47,7 +47,7 @@ PROMPT = PromptConfig(id="story", messages=[{"role": "user", "content": "Write a
 
 
 def start_server(port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path()), "--model_alias",
+    command = [sys.executable, "-m", "experiments.llamacpp_server", "--model", str(embedded_gguf_path()), "--model_alias",
                MODEL_ALIAS, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 180

@@ -18,6 +18,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from experiments.backends.base import Backend, GeneratedStory, StoryRequest
+from experiments.backends.llamacpp_amx import no_amx_repacking
 from experiments.config import ConfigError, LlamaCppBackendConfig, SamplingConfig
 from experiments.models import gguf_chat_metadata, model_identity, resolve_model_path
 
@@ -51,9 +52,10 @@ class LlamaCppBackend(Backend):
 
         # llama-cpp-python's default is half the cores; use them all, like the hf backend.
         threads = self.config.threads or os.cpu_count() or 1
-        self.llm = Llama(model_path=str(self.model_path), n_ctx=self.config.n_ctx, n_threads=threads,
-                         n_threads_batch=threads, n_gpu_layers=self.config.n_gpu_layers,
-                         last_n_tokens_size=DEFAULT_REPEAT_LAST_N, verbose=False)
+        with no_amx_repacking():
+            self.llm = Llama(model_path=str(self.model_path), n_ctx=self.config.n_ctx, n_threads=threads,
+                             n_threads_batch=threads, n_gpu_layers=self.config.n_gpu_layers,
+                             last_n_tokens_size=DEFAULT_REPEAT_LAST_N, verbose=False)
 
     def identity(self) -> dict[str, Any]:
         import llama_cpp

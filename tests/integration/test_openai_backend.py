@@ -55,7 +55,7 @@ class LlamaServer:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 180) -> None:
-        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path()),
+        command = [sys.executable, "-m", "experiments.llamacpp_server", "--model", str(embedded_gguf_path()),
                    "--model_alias", MODEL, "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048",
                    "--api_key", SECRET]
         with open(self.log_path, "ab") as log:
