@@ -7,13 +7,19 @@
 writes, each atomically (temp file, then ``os.replace``):
 
 - ``metrics.parquet``: ``story_id`` plus one column per metric;
-- ``diversity.parquet``: one row per ``setting_id`` (its parameters, then diversity measures);
-- ``exemplars.json``: the prototype(s) and exemplar set used, with their PCA coordinates;
+- one file per setting-level family (``diversity.parquet``): one row per
+  ``setting_id`` (its parameters, then the family's measures);
+- ``exemplars.json``: the prototype(s) and exemplar set used, with the values
+  families give each exemplar (the PCA coordinates);
 - ``metrics.json``: the sidecar: how each column was computed (models, units,
   pooling, PCA explained variance), which stories got NaN and why.
 
 Other stages call ``compute_story_metrics`` (a DataFrame in, a DataFrame and
 the sidecar out) or ``compute_metrics`` (the typed config of the command).
+
+This module knows no metric by name: it runs the families of
+``metrics.registry`` that ``metrics.enabled`` selects, by what each declares
+(level, needs, output file).
 """
 
 from __future__ import annotations
@@ -36,14 +42,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.manifest import harness_version, package_versions
 from experiments.store import utc_now
-from metrics import diversity as diversity_family
+from metrics import registry
 from metrics.cache import ContentCache
-from metrics.config import ComputeMetricsConfig, EditUnit, MetricName, MetricsConfig, TokenModel, register_configs
-from metrics.context import Exemplar, MeasureContext, NanLog, TextEmbedder, TextScorer
+from metrics.config import ComputeMetricsConfig, MetricsConfig, register_configs
+from metrics.context import Exemplar, Level, MeasureContext, MetricFamily, NanLog, Need, TextEmbedder, TextScorer
 from metrics.embeddings import CachedEmbedder, SentenceTransformerEmbedder, resolve_model_dir
 from metrics.inputs import (InputError, greedy_prototypes, load_exemplar, load_exemplar_set, load_stories,
                             prompt_groups)
-from metrics.registry import STORY_FAMILIES
 from metrics.scorer import check_scorer_path, load_scorer
 from metrics.text import LONE_SURROGATE, degenerate_notes, has_content, normalise_line_breaks, replace_lone_surrogates
 
@@ -52,10 +57,8 @@ log = logging.getLogger(__name__)
 register_configs()
 
 METRICS_FILE = "metrics.parquet"
-DIVERSITY_FILE = "diversity.parquet"
 EXEMPLARS_FILE = "exemplars.json"
 SIDECAR_FILE = "metrics.json"
-EMBEDDING_FAMILIES = {MetricName.cos_sim, MetricName.pca, MetricName.diversity}
 
 
 class _FirstExemplar:
@@ -70,9 +73,12 @@ FIRST_EXEMPLAR = _FirstExemplar()
 @dataclass
 class Measurement:
     story_metrics: pd.DataFrame
-    diversity: Optional[pd.DataFrame]
+    # Setting-level family name -> its table (one row per setting_id).
+    settings: dict[str, pd.DataFrame]
     sidecar: dict[str, Any]
     exemplars: list[Exemplar]
+    # Field -> exemplar_id -> value, from the families that ran (for exemplars.json).
+    exemplar_values: dict[str, dict[str, Any]]
 
 
 # ---------------------------------------------------------------- the inputs
@@ -130,14 +136,17 @@ def _check_exemplars(exemplars: Sequence[Exemplar]) -> None:
                              f"an exemplar must be a non-empty story")
 
 
+def _needs(config: MetricsConfig) -> frozenset[Need]:
+    """What the enabled families need, together."""
+    return frozenset().union(*(family.needs_for(config) for family in registry.selected(config.enabled)))
+
+
 def _check_models(config: MetricsConfig) -> None:
     """Fail before any work when a model the enabled metrics need is missing."""
-    enabled = set(config.enabled)
-    token_model = (config.edit_distance.token_model
-                   if MetricName.edit_dist in enabled and config.edit_distance.unit == EditUnit.token else None)
-    if enabled & EMBEDDING_FAMILIES or token_model == TokenModel.embedding:
+    needs = _needs(config)
+    if Need.embedding in needs:
         resolve_model_dir(config.embedding)
-    if MetricName.perplexity_scorer in enabled or token_model == TokenModel.scorer:
+    if Need.scorer in needs:
         check_scorer_path(config.scorer)
 
 
@@ -154,6 +163,30 @@ def _embedder_factory(config: MetricsConfig, embedder: Optional[TextEmbedder],
 
 def _scorer_factory(config: MetricsConfig, scorer: Optional[TextScorer]) -> Callable[[], TextScorer]:
     return lambda: scorer if scorer is not None else load_scorer(config.scorer)
+
+
+def _undeclared(need: Need, families: Sequence[MetricFamily]) -> Callable[[], Any]:
+    """A model factory for a model no selected family declared: using it is a bug in a declaration."""
+    def fail() -> Any:
+        raise RuntimeError(f"a metric family used the {need.value} model without declaring it: one of "
+                           f"{[family.name for family in families]} needs Need.{need.value} in its needs "
+                           f"(or config_needs)")
+    return fail
+
+
+def _run_family(family: MetricFamily, context: MeasureContext, stories: pd.DataFrame,
+                setting_columns: list[str]) -> tuple[Any, dict[str, Any]]:
+    """One family's compute; checks that it wrote only exemplar fields it declares."""
+    before = set(context.exemplar_values)
+    if family.level is Level.story:
+        result = family.compute(context)
+    else:
+        result = family.compute(context, stories, setting_columns)
+    undeclared = set(context.exemplar_values) - before - set(family.exemplar_fields)
+    if undeclared:
+        raise RuntimeError(f"metric family {family.name!r} wrote exemplar fields {sorted(undeclared)} it does not "
+                           f"declare (exemplar_fields)")
+    return result
 
 
 def _account_for_nans(frame: pd.DataFrame, nan_log: NanLog) -> None:
@@ -183,7 +216,7 @@ def _account_for_nans(frame: pd.DataFrame, nan_log: NanLog) -> None:
 
 
 def measure(stories: pd.DataFrame, exemplars: Sequence[Exemplar], prototype_of: Sequence[Optional[int]],
-            config: MetricsConfig, *, setting_columns: Optional[list[str]] = None, with_diversity: bool = False,
+            config: MetricsConfig, *, setting_columns: Optional[list[str]] = None, with_settings: bool = False,
             no_prototype_reason: str = "no prototype given",
             no_exemplar_set_reason: str = "no exemplar set given",
             embedder: Optional[TextEmbedder] = None, scorer: Optional[TextScorer] = None) -> Measurement:
@@ -191,7 +224,7 @@ def measure(stories: pd.DataFrame, exemplars: Sequence[Exemplar], prototype_of: 
 
     ``prototype_of[i]`` is the index in ``exemplars`` of story i's prototype
     (or None); the exemplar set is the exemplars whose role includes "set".
-    Diversity is measured per ``setting_id`` when ``with_diversity`` is on.
+    Setting-level families run (per ``setting_id``) when ``with_settings`` is on.
     """
     _check_stories(stories)
     _check_exemplars(exemplars)
@@ -208,43 +241,49 @@ def measure(stories: pd.DataFrame, exemplars: Sequence[Exemplar], prototype_of: 
             nan_log.note(index, note)
     cache = ContentCache() if config.cache else None
     prompts = _optional_column(stories, "prompt") or [None] * len(texts)
+    # A model is loaded only if a selected family needs it, and then only when first used.
+    families = registry.selected(config.enabled)
+    needs = _needs(config)
+    embedder_factory = (_embedder_factory(config, embedder, cache) if Need.embedding in needs
+                        else _undeclared(Need.embedding, families))
+    scorer_factory = _scorer_factory(config, scorer) if Need.scorer in needs else _undeclared(Need.scorer, families)
     context = MeasureContext(
         story_ids=story_ids, texts=texts, config=config,
         prompts=[p if isinstance(p, str) else None for p in prompts],
         token_logprobs=_optional_column(stories, "token_logprobs"),
         exemplars=list(exemplars), prototype_of=list(prototype_of),
         exemplar_set=[j for j, e in enumerate(exemplars) if "set" in e.role.split("+")],
-        nan_log=nan_log, embedder_factory=_embedder_factory(config, embedder, cache),
-        scorer_factory=_scorer_factory(config, scorer), cache=cache,
+        nan_log=nan_log, embedder_factory=embedder_factory, scorer_factory=scorer_factory, cache=cache,
         no_prototype_reason=no_prototype_reason, no_exemplar_set_reason=no_exemplar_set_reason)
 
-    enabled = set(config.enabled)
     columns: dict[str, Any] = {"story_id": story_ids}
+    settings: dict[str, pd.DataFrame] = {}
     described: dict[str, Any] = {}
     timing: dict[str, float] = {}
-    for name, family in STORY_FAMILIES.items():
-        if name not in enabled:
-            continue
+    for family in families:
+        if family.level is Level.setting:
+            if not with_settings:
+                described[family.name] = {"skipped": f"{family.name} per setting is measured by compute_metrics "
+                                                     f"(python -m metrics.compute), into {family.file}"}
+                continue
+            if "setting_id" not in stories:
+                raise InputError(f"stories: {family.name} needs a setting_id column")
         started = time.perf_counter()
-        values, info = family.measure(context)
-        timing[name.value] = round(time.perf_counter() - started, 3)
-        columns.update(values)
+        result, info = _run_family(family, context, stories, setting_columns or [])
+        timing[family.name] = round(time.perf_counter() - started, 3)
+        if family.level is Level.story:
+            clash = sorted(set(result) & set(columns))
+            if clash:
+                raise RuntimeError(f"metric family {family.name!r} writes column(s) {clash}, already written")
+            columns.update(result)
+        else:
+            settings[family.name] = result
         described.update(info)
-    diversity = None
-    if with_diversity and MetricName.diversity in enabled:
-        if "setting_id" not in stories:
-            raise InputError("stories: diversity needs a setting_id column")
-        started = time.perf_counter()
-        diversity, info = diversity_family.measure_settings(context, stories, setting_columns or [])
-        timing["diversity"] = round(time.perf_counter() - started, 3)
-        described.update(info)
-    elif MetricName.diversity in enabled:
-        described["diversity"] = {"skipped": "diversity per setting is measured by compute_metrics "
-                                             "(python -m metrics.compute), into diversity.parquet"}
     frame = pd.DataFrame(columns)
     _account_for_nans(frame, nan_log)
-    sidecar = _sidecar(context, frame, described, timing, exemplars)
-    return Measurement(story_metrics=frame, diversity=diversity, sidecar=sidecar, exemplars=list(exemplars))
+    sidecar = _sidecar(context, frame, described, timing, exemplars, families)
+    return Measurement(story_metrics=frame, settings=settings, sidecar=sidecar, exemplars=list(exemplars),
+                       exemplar_values=dict(context.exemplar_values))
 
 
 def _plain(value: Any) -> Any:
@@ -267,7 +306,7 @@ def _plain(value: Any) -> Any:
 
 
 def _sidecar(context: MeasureContext, frame: pd.DataFrame, described: dict[str, Any], timing: dict[str, float],
-             exemplars: Sequence[Exemplar]) -> dict[str, Any]:
+             exemplars: Sequence[Exemplar], families: Sequence[MetricFamily]) -> dict[str, Any]:
     metric_columns = list(frame.columns[1:])
     sections = {key: value for key, value in described.items() if key not in metric_columns}
     if context.embeddings_computed:
@@ -279,7 +318,7 @@ def _sidecar(context: MeasureContext, frame: pd.DataFrame, described: dict[str, 
         "harness_version": harness_version(),
         "created_at": utc_now(),
         "n_stories": context.n,
-        "metrics_enabled": [name for name in MetricName if name in set(context.config.enabled)],
+        "metrics_enabled": [family.name for family in families],
         "columns": {column: described.get(column, {}) for column in metric_columns},
         "text_normalisation": ("<br> tags and CR/CRLF -> newline; text otherwise measured as written"
                                if context.config.normalise_line_breaks else "none"),
@@ -316,7 +355,7 @@ def compute_story_metrics(stories: pd.DataFrame, exemplars: list[str], config: M
     ``exemplars`` is the exemplar set. The prototype is, by default, its
     first element; or ``prototype`` gives a text, a mapping prompt_id -> text
     (stories then need a prompt_id column), or None for no prototype.
-    Diversity (per setting) is left to ``compute_metrics``.
+    Setting-level families (diversity) are left to ``compute_metrics``.
     """
     if exemplar_ids is not None and len(exemplar_ids) != len(exemplars):
         raise ValueError(f"{len(exemplar_ids)} exemplar_ids for {len(exemplars)} exemplars")
@@ -417,25 +456,31 @@ def compute_metrics(config: ComputeMetricsConfig) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     log.info("measuring %d stories from %s (%s) against %d exemplar(s)", len(frame), loaded.source["path"],
              loaded.source["format"], len(exemplars))
+    if exemplars and not any(Need.exemplars in family.needs_for(config.metrics)
+                             for family in registry.selected(config.metrics.enabled)):
+        log.info("no enabled metric measures stories against the exemplars")
     measurement = measure(frame, exemplars, prototype_of, config.metrics, setting_columns=loaded.setting_columns,
-                          with_diversity=True, no_prototype_reason=no_prototype_reason,
+                          with_settings=True, no_prototype_reason=no_prototype_reason,
                           no_exemplar_set_reason=no_set_reason)
+    families = {family.name: family for family in registry.families()}
     paths = {"metrics": out_dir / METRICS_FILE, "exemplars": out_dir / EXEMPLARS_FILE,
              "sidecar": out_dir / SIDECAR_FILE}
-    if measurement.diversity is not None:
-        paths["diversity"] = out_dir / DIVERSITY_FILE
+    for name in measurement.settings:
+        paths[name] = out_dir / families[name].file
     sidecar = measurement.sidecar
     sidecar["input"] = {**loaded.source, "setting_columns": loaded.setting_columns, **prototype_source,
                         "exemplar": config.exemplar, "exemplars": config.exemplars}
     sidecar["files"] = {name: path.name for name, path in paths.items()}
-    coordinates = (sidecar.get("pca") or {}).get("exemplar_coordinates", {})
+    # Every registered family's exemplar fields, null where the family did not run: one shape of record.
+    fields = [field for family in families.values() for field in family.exemplar_fields]
     exemplar_records = [{"exemplar_id": e.exemplar_id, "role": e.role, "source": e.source,
-                         "pca": coordinates.get(e.exemplar_id), "text": e.text} for e in measurement.exemplars]
+                         **{field: measurement.exemplar_values.get(field, {}).get(e.exemplar_id) for field in fields},
+                         "text": e.text} for e in measurement.exemplars]
 
     _write_atomic(paths["metrics"], lambda tmp: measurement.story_metrics.to_parquet(tmp, index=False))
-    if measurement.diversity is not None:
-        diversity = _parquet_ready(measurement.diversity)
-        _write_atomic(paths["diversity"], lambda tmp: diversity.to_parquet(tmp, index=False))
+    for name, table in measurement.settings.items():
+        ready = _parquet_ready(table)
+        _write_atomic(paths[name], lambda tmp: ready.to_parquet(tmp, index=False))
     _write_atomic(paths["exemplars"], lambda tmp: tmp.write_text(
         json.dumps(_plain(exemplar_records), indent=1, ensure_ascii=False, allow_nan=False), encoding="utf-8"))
     # The sidecar last: it describes the files above.

@@ -34,7 +34,8 @@ def _enum(kind: type[Enum], value: Any, field_name: str) -> Any:
 
 
 class MetricName(str, Enum):
-    """The metric families; each one names the columns it writes in its module."""
+    """The metric families, one member per family registered in ``metrics.registry`` (checked on import);
+    each family names the columns it writes in its module."""
 
     perplexity = "perplexity"  # from the log-probs stored at generation
     perplexity_scorer = "perplexity_scorer"  # re-scored under a scorer model

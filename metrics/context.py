@@ -1,8 +1,9 @@
 """What every metric family works on: the stories, the exemplars, the models
-(loaded only when a family first asks), and a record of why a value is NaN.
-
-A family is a small object with a name and a ``measure(context)`` function;
-``metrics.registry`` lists them. Families never switch on each other's names.
+(loaded only when a family first asks), and a record of why a value is NaN;
+and what a family is: a ``MetricFamily`` that declares its level (per story or
+per setting), what it needs (the embedding model, the scorer, the exemplars)
+and its ``compute`` function. ``metrics.registry`` collects them; the compute
+entry point reads only these declarations, never a family's name.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
+from enum import Enum
 from functools import cached_property
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, FrozenSet, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
 from metrics.cache import ContentCache
-from metrics.config import MetricName, MetricsConfig
+from metrics.config import MetricsConfig
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,9 @@ class MeasureContext:
     no_exemplar_set_reason: str = "no exemplar set given"
     # Story index -> why it has no embedding (filled when embeddings are computed).
     embedding_problems: dict[int, str] = field(default_factory=dict)
+    # Values a family gives each exemplar, for exemplars.json: field -> exemplar_id -> value.
+    # A family fills only the fields it declares (``MetricFamily.exemplar_fields``).
+    exemplar_values: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @cached_property
     def embedder(self) -> TextEmbedder:
@@ -155,9 +160,63 @@ class MeasureContext:
         return len(self.texts)
 
 
-@dataclass(frozen=True)
-class StoryFamily:
-    """A family of per-story metrics: ``measure`` returns {column: values} and a sidecar entry."""
+class Need(str, Enum):
+    """What a family uses besides the stories and its own options.
 
-    name: MetricName
-    measure: Callable[[MeasureContext], tuple[dict[str, np.ndarray], dict[str, Any]]]
+    The compute entry point checks (before any work) and loads a model only
+    when a selected family needs it; a family that touches a model it did not
+    declare fails, naming the need. The exemplars are always in the context;
+    declaring them says the family measures stories against them.
+    """
+
+    embedding = "embedding"  # the sentence-embedding model: context.embedder, story/exemplar embeddings
+    scorer = "scorer"  # the scorer language model: context.scorer
+    exemplars = "exemplars"  # the prototype(s) and/or exemplar set (without them: NaN with the context's reason)
+
+
+class Level(str, Enum):
+    story = "story"  # one value per story per column, in metrics.parquet
+    setting = "setting"  # one row per setting_id, in the family's own file
+
+
+@dataclass(frozen=True)
+class MetricFamily:
+    """One metric family, as the registry and the compute entry point see it.
+
+    ``name`` is the family's entry in ``metrics.enabled`` (a ``MetricName``).
+    ``compute`` of a story-level family: ``compute(context)`` ->
+    ({column: one value per story}, {sidecar key: description}); of a
+    setting-level family: ``compute(context, stories, setting_columns)`` ->
+    (a DataFrame with one row per ``setting_id``, {sidecar key: description}),
+    ``stories`` being the input frame aligned with the context.
+    ``needs`` are fixed; ``config_needs(config)`` adds those that depend on
+    the family's options (edit distance in model tokens needs that model).
+    A setting-level family writes its table to ``file`` in the output folder.
+    ``exemplar_fields`` are the keys it adds to every record of exemplars.json
+    (null when the family did not run), filled through ``context.exemplar_values``.
+    """
+
+    name: str
+    compute: Callable[..., Tuple[Any, dict[str, Any]]]
+    level: Level = Level.story
+    needs: FrozenSet[Need] = frozenset()
+    config_needs: Optional[Callable[[MetricsConfig], FrozenSet[Need]]] = None
+    file: Optional[str] = None
+    exemplar_fields: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A MetricName member is a str; keep the plain value, so names print and compare as text.
+        object.__setattr__(self, "name", str(getattr(self.name, "value", self.name)))
+        object.__setattr__(self, "level", Level(self.level))
+        object.__setattr__(self, "needs", frozenset(Need(need) for need in self.needs))
+        object.__setattr__(self, "exemplar_fields", tuple(self.exemplar_fields))
+        if not self.name:
+            raise ValueError("a metric family needs a name")
+        if (self.level is Level.setting) != (self.file is not None):
+            raise ValueError(f"metric family {self.name!r}: a setting-level family names its output file "
+                             f"(file=...), a story-level one writes columns of metrics.parquet (no file)")
+
+    def needs_for(self, config: MetricsConfig) -> FrozenSet[Need]:
+        """Everything this family uses under ``config``."""
+        extra = self.config_needs(config) if self.config_needs is not None else frozenset()
+        return self.needs | frozenset(Need(need) for need in extra)

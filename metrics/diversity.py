@@ -25,8 +25,8 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from metrics.config import DiversityConfig, MetricName
-from metrics.context import MeasureContext
-from metrics.edit_distance import context_sequences, paired_distances
+from metrics.context import MeasureContext, MetricFamily, Need
+from metrics.edit_distance import context_sequences, paired_distances, unit_needs
 from metrics.text import word_tokens
 
 log = logging.getLogger(__name__)
@@ -207,4 +207,7 @@ def measure_settings(context: MeasureContext, stories: pd.DataFrame,
     return table, info
 
 
-NAME = MetricName.diversity
+# Pairwise cosine distances and the Vendi score need embeddings; pairwise edit distances in model tokens
+# need that model's tokenizer.
+FAMILY = MetricFamily(name=MetricName.diversity, level="setting", needs=frozenset({Need.embedding}),
+                      config_needs=unit_needs, compute=measure_settings, file="diversity.parquet")

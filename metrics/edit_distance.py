@@ -18,8 +18,8 @@ import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
-from metrics.config import EditUnit, MetricName, TokenModel
-from metrics.context import MeasureContext, StoryFamily
+from metrics.config import EditUnit, MetricName, MetricsConfig, TokenModel
+from metrics.context import MeasureContext, MetricFamily, Need
 from metrics.text import word_tokens
 
 # Code points rapidfuzz can take in a str, skipping the surrogate block.
@@ -87,6 +87,13 @@ def paired_distances(left: Sequence[Any], right: Sequence[Any], workers: int = 1
                           dtype=np.float64, workers=workers)
 
 
+def unit_needs(config: MetricsConfig) -> frozenset[Need]:
+    """The model whose tokenizer ``edit_distance.unit=token`` uses; nothing for words and characters."""
+    if config.edit_distance.unit != EditUnit.token:
+        return frozenset()
+    return frozenset({Need.embedding if config.edit_distance.token_model == TokenModel.embedding else Need.scorer})
+
+
 def context_sequences(context: MeasureContext) -> tuple[list[Any], list[Any], dict[str, Any]]:
     """Stories' and exemplars' unit sequences (one shared symbol table), computed once per context."""
     if "edit_units" not in context.memo:
@@ -144,4 +151,5 @@ def measure(context: MeasureContext) -> tuple[dict[str, np.ndarray], dict[str, A
     return columns, info
 
 
-FAMILY = StoryFamily(name=MetricName.edit_dist, measure=measure)
+FAMILY = MetricFamily(name=MetricName.edit_dist, level="story", needs=frozenset({Need.exemplars}),
+                      config_needs=unit_needs, compute=measure)

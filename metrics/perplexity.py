@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from metrics.config import MetricName
-from metrics.context import MeasureContext, StoryFamily
+from metrics.context import MeasureContext, MetricFamily
 
 
 def perplexity_from_nll(total_nll: float, n_tokens: int) -> float:
@@ -76,4 +76,5 @@ def measure(context: MeasureContext) -> tuple[dict[str, np.ndarray], dict[str, A
     return {"perplexity": values}, info
 
 
-FAMILY = StoryFamily(name=MetricName.perplexity, measure=measure)
+# Reads only the stored log-probs: no model, no exemplars.
+FAMILY = MetricFamily(name=MetricName.perplexity, level="story", needs=frozenset(), compute=measure)

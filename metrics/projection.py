@@ -17,7 +17,7 @@ from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_limits
 
 from metrics.config import MetricName
-from metrics.context import MeasureContext, StoryFamily
+from metrics.context import MeasureContext, MetricFamily, Need
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,10 @@ def measure(context: MeasureContext) -> tuple[dict[str, np.ndarray], dict[str, A
             exemplar.exemplar_id: ([float(v) for v in coordinates[n + j]] if usable[n + j] else None)
             for j, exemplar in enumerate(context.exemplars)},
     })
+    context.exemplar_values["pca"] = info["pca"]["exemplar_coordinates"]
     return columns, info
 
 
-FAMILY = StoryFamily(name=MetricName.pca, measure=measure)
+# The exemplars join the fit (none is fine); each exemplar's coordinates go into exemplars.json.
+FAMILY = MetricFamily(name=MetricName.pca, level="story", needs=frozenset({Need.embedding, Need.exemplars}),
+                      compute=measure, exemplar_fields=("pca",))

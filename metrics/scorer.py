@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from metrics.cache import content_key, folder_identity
 from metrics.config import MetricName, ScorerConfig
-from metrics.context import MeasureContext, StoryFamily
+from metrics.context import MeasureContext, MetricFamily, Need
 from metrics.perplexity import perplexity_from_nll
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,8 @@ def measure(context: MeasureContext) -> tuple[dict[str, np.ndarray], dict[str, A
     return {"perplexity_scorer": values}, info
 
 
-FAMILY = StoryFamily(name=MetricName.perplexity_scorer, measure=measure)
+FAMILY = MetricFamily(name=MetricName.perplexity_scorer, level="story", needs=frozenset({Need.scorer}),
+                      compute=measure)
 
 
 def chat_messages(prompt: str) -> Optional[list[dict]]:

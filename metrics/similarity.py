@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from metrics.config import MetricName
-from metrics.context import MeasureContext, StoryFamily
+from metrics.context import MeasureContext, MetricFamily, Need
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
@@ -82,4 +82,5 @@ def measure(context: MeasureContext) -> tuple[dict[str, np.ndarray], dict[str, A
     return columns, info
 
 
-FAMILY = StoryFamily(name=MetricName.cos_sim, measure=measure)
+FAMILY = MetricFamily(name=MetricName.cos_sim, level="story", needs=frozenset({Need.embedding, Need.exemplars}),
+                      compute=measure)
