@@ -133,6 +133,9 @@ class HFBackendConfig(BackendConfig):
     # auto: bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX), else float32
     dtype: str = "auto"
     threads: Optional[int] = None
+    # Row-tiled kernels: a story's numbers do not depend on its batch-mates
+    # (experiments/backends/row_tiles.py). false is faster and not reproducible.
+    batch_invariant: bool = True
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "backend.batch_size", self.batch_size, "an integer >= 1")

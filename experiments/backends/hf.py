@@ -4,7 +4,11 @@
 story would depend on which other stories shared its batch. This backend runs
 its own short decoding loop instead: one ``torch.Generator`` per story, seeded
 with the story's seed, and finished stories leave the batch (and the KV cache)
-at once. The logit transforms are transformers' own warpers, applied in
+at once. Every matrix multiply and every reduction over the vocabulary runs
+on row tiles of a fixed size (``row_tiles.py``), because CPU kernels change
+their order of summation with the number of rows; so a story's text and
+log-probs are the same whatever the batch size, ``n`` or a resume put beside
+it, in bfloat16 as in float32. The logit transforms are transformers' own warpers, applied in
 llama.cpp's order so both in-process backends sample the same distribution:
 logit bias, penalties, top-k, typical, top-p, min-p, temperature.
 """
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from experiments.backends.base import Backend, GeneratedStory, StoryRequest
+from experiments.backends.row_tiles import ROWS_PER_TILE, map_row_tiles, tile_linear_layers
 from experiments.config import ConfigError, HFBackendConfig, SamplingConfig
 from experiments.models import (gguf_chat_metadata, load_transformers_causal_lm, model_identity,
                                resolve_dtype, resolve_model_path)
@@ -50,6 +55,8 @@ class HFBackend(Backend):
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         self.model, self.tokenizer = load_transformers_causal_lm(self.model_path, self.dtype)
+        if self.config.batch_invariant:
+            tile_linear_layers(self.model)
         self.end_ids = self._end_of_turn_ids()
 
     def _end_of_turn_ids(self) -> list[int]:
@@ -58,11 +65,13 @@ class HFBackend(Backend):
         return sorted(i for i in ids if i is not None)
 
     def identity(self) -> dict[str, Any]:
-        return {"model": self.model_path.name, **self._identity, "runtime": "transformers", "precision": self.dtype}
+        return {"model": self.model_path.name, **self._identity, "runtime": "transformers", "precision": self.dtype,
+                "rows_per_tile": ROWS_PER_TILE if self.config.batch_invariant else None}
 
     def variant(self) -> str:
-        # Precision changes the numbers, so float32 and bfloat16 stories never share ids.
-        return "" if self.dtype == "float32" else f":{self.dtype}"
+        # Precision and kernels change the numbers, so stories made either way never share ids.
+        precision = "" if self.dtype == "float32" else f":{self.dtype}"
+        return precision + ("" if self.config.batch_invariant else ":batch-variant")
 
     def chat_metadata(self) -> Optional[dict[str, Any]]:
         return gguf_chat_metadata(self.model_path)
@@ -90,7 +99,7 @@ class HFBackend(Backend):
         started = time.perf_counter()
         transform = _logit_transform(sampling, self.model.config.vocab_size)
         generators = [torch.Generator().manual_seed(request.seed) for request in batch]
-        prompt_ids = torch.tensor([self._prompt_ids(batch[0].prompt)] * len(batch))
+        prompt_ids = torch.tensor([self._prompt_ids(batch[0].prompt)])
         context = getattr(self.model.config, "max_position_embeddings", None)
         if context and prompt_ids.shape[1] + sampling.max_tokens > context:
             raise ConfigError(
@@ -101,24 +110,23 @@ class HFBackend(Backend):
         logprobs: list[list[float]] = [[] for _ in batch]
         end_set = set(self.end_ids)
         cache = DynamicCache()
-        next_input = prompt_ids
 
         with torch.inference_mode():
+            # Every story of the batch has the same prompt: encode it once, then
+            # give each row its own copy of that cache.
+            logits = self._next_logits(prompt_ids, cache).expand(len(batch), -1)
+            cache.batch_repeat_interleave(len(batch))
             for step in range(sampling.max_tokens):
-                logits = self.model(input_ids=next_input, past_key_values=cache, use_cache=True,
-                                    logits_to_keep=1).logits[:, -1, :].float()
-                scores, candidates = transform(generated, logits)
-                if sampling.temperature == 0:
-                    choice = scores.argmax(dim=-1)
-                else:
+                uniforms = None
+                if sampling.temperature != 0:
                     uniforms = torch.stack([torch.rand((), generator=generators[index], dtype=torch.float64)
                                             for index in active])
-                    choice = sample_by_inverse_cdf(torch.softmax(scores, dim=-1), uniforms)
-                tokens = choice if candidates is None else candidates.gather(1, choice[:, None])[:, 0]
-                # The stored log-prob is under the untempered, unpenalised model,
-                # as llama.cpp and OpenAI report it.
-                token_logprobs = (logits.gather(1, tokens[:, None])[:, 0]
-                                  - torch.logsumexp(logits, dim=-1)).tolist()
+                # Reductions over the vocabulary (softmax, logsumexp) also pick
+                # their kernel by shape, so they too run on fixed-size row tiles.
+                choose = lambda *rows: choose_tokens(transform, sampling.temperature, *rows)  # noqa: E731
+                tokens, token_logprobs = (map_row_tiles(choose, generated, logits, uniforms)
+                                          if self.config.batch_invariant else choose(generated, logits, uniforms))
+                token_logprobs = token_logprobs.tolist()
                 for row, index in enumerate(active):
                     logprobs[index].append(token_logprobs[row])
                 generated = torch.cat([generated, tokens[:, None]], dim=1)
@@ -146,13 +154,35 @@ class HFBackend(Backend):
                     generated = generated[index_tensor]
                     tokens = tokens[index_tensor]
                     active = [active[row] for row in keep]
-                next_input = tokens[:, None]
+                logits = self._next_logits(tokens[:, None], cache)
+
+    def _next_logits(self, input_ids, cache):
+        """Float32 logits of the next token for each row, extending ``cache``."""
+        return self.model(input_ids=input_ids, past_key_values=cache, use_cache=True,
+                          logits_to_keep=1).logits[:, -1, :].float()
 
     def _text_before_stop(self, ids, stop: list[str]) -> Optional[str]:
         """The text cut at the first stop sequence, or None while no stop sequence appeared."""
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         positions = [text.find(sequence) for sequence in stop if sequence in text]
         return text[:min(positions)] if positions else None
+
+
+def choose_tokens(transform, temperature: float, generated, logits, uniforms):
+    """(token ids, their log-probs under the untempered, unpenalised model) for each row.
+
+    The stored log-prob is the raw model's, as llama.cpp and OpenAI report it.
+    """
+    import torch
+
+    scores, candidates = transform(generated, logits)
+    if temperature == 0:
+        choice = scores.argmax(dim=-1)
+    else:
+        choice = sample_by_inverse_cdf(torch.softmax(scores, dim=-1), uniforms)
+    tokens = choice if candidates is None else candidates.gather(1, choice[:, None])[:, 0]
+    token_logprobs = logits.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+    return tokens, token_logprobs
 
 
 def sample_by_inverse_cdf(probs, uniforms):
