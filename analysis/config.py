@@ -14,7 +14,7 @@ from typing import List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from analysis.ratings import CRITERIA
+from analysis.criteria import CRITERION_NAMES, SCALE
 from metrics.config import MetricName, MetricsConfig
 
 
@@ -36,9 +36,11 @@ def _check(condition: bool, name: str, value: object, allowed: str) -> None:
 class StatisticsConfig:
     """Choices shared by both apps."""
 
-    criteria: List[str] = field(default_factory=lambda: list(CRITERIA))
-    scale_min: float = 1.0  # declared rating scale; values outside it are refused
-    scale_max: float = 5.0
+    # The rating columns analysed and their declared scale (values outside it are refused);
+    # default: every criterion of analysis/criteria.py and its scale.
+    criteria: List[str] = field(default_factory=lambda: list(CRITERION_NAMES))
+    scale_min: float = float(SCALE[0])
+    scale_max: float = float(SCALE[1])
     crossed_random_effects: bool = False  # add a random intercept per story, crossed with participant
     correction: Correction = Correction.none
     confidence: float = 0.95

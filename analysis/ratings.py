@@ -1,10 +1,10 @@
 """Load and validate a long table of human ratings.
 
 One row per (participant, story): ``story_id, participant_id`` plus one column
-per criterion (``novelty, typicality, cohesion, coherence``) and any
-covariates. Every check raises :class:`RatingsError` naming the file, the row
-(as the 1-based data row, the header not counted) and the column, before any
-model is fitted.
+per criterion (``novelty, typicality, cohesion, coherence``; names and scale
+from :mod:`analysis.criteria`) and any covariates. Every check raises
+:class:`RatingsError` naming the file, the row (as the 1-based data row, the
+header not counted) and the column, before any model is fitted.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-CRITERIA = ("novelty", "typicality", "cohesion", "coherence")
+from analysis.criteria import CRITERION_NAMES, SCALE
+
+CRITERIA = CRITERION_NAMES  # the criterion column names (analysis.criteria.CRITERIA holds their wording)
 ID_COLUMNS = ("story_id", "participant_id")
 SHOWN = 5  # how many offending rows or ids an error message lists
 
@@ -61,7 +63,7 @@ def validate_ratings(
     ratings: pd.DataFrame,
     source: str = "ratings",
     criteria: Sequence[str] = CRITERIA,
-    scale: tuple[float, float] = (1.0, 5.0),
+    scale: tuple[float, float] = (float(SCALE[0]), float(SCALE[1])),
     known_story_ids: Iterable[str] | None = None,
 ) -> pd.DataFrame:
     """Return a clean copy (ids as str, criteria as float) or raise RatingsError.
@@ -124,7 +126,7 @@ def validate_ratings(
 def load_ratings(
     path: str | Path,
     criteria: Sequence[str] = CRITERIA,
-    scale: tuple[float, float] = (1.0, 5.0),
+    scale: tuple[float, float] = (float(SCALE[0]), float(SCALE[1])),
     known_story_ids: Iterable[str] | None = None,
 ) -> pd.DataFrame:
     """Read and validate a ratings file; errors name the file."""

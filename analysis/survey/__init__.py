@@ -2,7 +2,10 @@
 
 ``python -m analysis.survey export ...`` builds the survey from a run
 (:func:`export_survey`); ``python -m analysis.survey import ...`` reads the
-responses back into the long ratings table (:func:`import_ratings`).
+responses back into the long ratings table (:func:`import_ratings`). Every
+survey format (how its files are written, recognised and read back) is one
+module of :mod:`analysis.survey.formats`, listed in its ``FORMATS``; the
+criteria asked about come from :mod:`analysis.criteria`.
 """
 
 from analysis.survey.config import ExportConfig, ImportConfig, SurveyError

@@ -5,6 +5,7 @@ r"""Command line: ``python -m analysis.survey export|import key=value ...``.
     python -m analysis.survey import input=downloads/ out=ratings.csv \
         key=outputs/paper/survey/researcher/unblinding_key.csv
     python -m analysis.survey import input=survey_export.csv out=ratings.csv format=qualtrics
+    python -m analysis.survey import input=ratings_de.csv out=ratings.csv delimiter=semicolon decimal=comma
 
 The key=value arguments are Hydra overrides of conf/survey_export.yaml or
 conf/survey_import.yaml, composed with Hydra's compose API against the typed
@@ -76,7 +77,7 @@ def run(argv: list[str]) -> int:
 
             result = import_ratings(config)
             ratings = result.ratings
-            print(f"read {config.input} ({result.format.value}): {len(ratings)} ratings by "
+            print(f"read {config.input} ({result.format.name}): {len(ratings)} ratings by "
                   f"{ratings['participant_id'].nunique()} participants of {ratings['story_id'].nunique()} stories; "
                   f"{len(result.exclusions)} row(s) excluded")
             print(f"  wrote {result.out}")

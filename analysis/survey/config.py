@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from analysis.criteria import SCALE
+
 
 class SurveyError(ValueError):
     """Bad survey input or configuration; the message names the file, row, field or value."""
@@ -49,11 +51,21 @@ class ShortSettings(str, Enum):
     repeat = "repeat"  # keep them; their fewer stories are each rated more often (reported)
 
 
-class InputFormat(str, Enum):
-    auto = "auto"  # detected from the columns
-    html = "html"  # CSVs downloaded from the HTML survey
-    long = "long"  # the long packets CSV with the rating columns filled in
-    qualtrics = "qualtrics"  # a Qualtrics wide export (one row per participant)
+class Delimiter(str, Enum):
+    """The field separator of the input CSVs."""
+
+    auto = "auto"  # from the header (an ambiguous file is an error naming it)
+    comma = "comma"
+    semicolon = "semicolon"  # what spreadsheets save in many European locales
+    tab = "tab"
+
+
+class DecimalMark(str, Enum):
+    """The decimal mark of the numbers in the input CSVs."""
+
+    auto = "auto"  # point in comma-separated files; otherwise from the numbers (both kinds: an error)
+    point = "point"  # 1.5
+    comma = "comma"  # 1,5
 
 
 class OnInvalid(str, Enum):
@@ -111,18 +123,26 @@ class ImportConfig:
     input: str = MISSING
     # The long ratings table to write (CSV).
     out: str = MISSING
-    format: InputFormat = InputFormat.auto
+    # auto (detected from the columns) or a format of analysis/survey/formats: html, long, qualtrics, tidy.
+    format: str = "auto"
+    delimiter: Delimiter = Delimiter.auto  # comma, semicolon or tab; "," ";" also accepted from Python
+    decimal: DecimalMark = DecimalMark.auto  # point or comma; "." "," also accepted from Python
     # The unblinding key (researcher/unblinding_key.csv of the export): joins story ids and settings.
     key: Optional[str] = None
     on_invalid: OnInvalid = OnInvalid.error
     # Column holding the participant id in a Qualtrics export; default: RandomID, PROLIFIC_PID, then ResponseId.
     participant_column: Optional[str] = None
-    scale_min: float = 1.0
-    scale_max: float = 5.0
+    scale_min: float = float(SCALE[0])  # default: the criteria's scale (analysis/criteria.py)
+    scale_max: float = float(SCALE[1])
     keep_practice: bool = False  # also write the practice ratings (marked in a `practice` column)
 
     def __post_init__(self) -> None:
-        self.format = _choice(InputFormat, "format", self.format)
+        from analysis.survey.formats import names  # the registry imports this module
+
+        _check(self.format in ("auto", *names()), "format", self.format, f"one of auto, {', '.join(names())}")
+        self.delimiter = _choice(Delimiter, "delimiter", {",": "comma", ";": "semicolon", "\t": "tab"}.get(
+            self.delimiter, self.delimiter))
+        self.decimal = _choice(DecimalMark, "decimal", {".": "point", ",": "comma"}.get(self.decimal, self.decimal))
         self.on_invalid = _choice(OnInvalid, "on_invalid", self.on_invalid)
         _check(math.isfinite(self.scale_min) and math.isfinite(self.scale_max) and self.scale_min < self.scale_max,
                "scale_min/scale_max", (self.scale_min, self.scale_max), "finite numbers with scale_min < scale_max")

@@ -3,12 +3,13 @@
 Writes, under ``out_dir``:
 
 - ``participant/`` (everything a participant may see, nothing that unblinds):
-  ``survey.html`` (offline survey), ``qualtrics.txt`` (Advanced TXT import),
-  ``packets.csv`` (long CSV for any platform), ``exemplar.txt``;
+  the files of every survey format with a writer (:mod:`analysis.survey.formats`:
+  ``survey.html`` offline survey, ``packets.csv`` long CSV for any platform,
+  ``qualtrics.txt`` Advanced TXT import) and ``exemplar.txt``;
 - ``researcher/``: ``unblinding_key.csv`` (blinded id -> story, setting and
   its parameters), ``design.csv`` (who rates what, unblinded),
-  ``summary.json`` (config, balance counts, decisions) and
-  ``qualtrics_setup.md``.
+  ``summary.json`` (config, balance counts, decisions) and the formats'
+  researcher files (``qualtrics_setup.md``).
 
 All files are written to temporary names and renamed into place only when
 every one of them is complete.
@@ -29,16 +30,13 @@ import pandas as pd
 from analysis.survey.blinding import Survey, blind
 from analysis.survey.config import ExportConfig, SurveyError
 from analysis.survey.design import STORY_FIELDS, assign, balance_report, select_stories
-from analysis.survey.export_csv import packets_csv
 from analysis.survey.files import csv_text, write_all_atomic
-from analysis.survey.html import render_survey_html
-from analysis.survey.qualtrics import qualtrics_setup_notes, qualtrics_survey
+from analysis.survey.formats import FORMATS
+from analysis.survey.formats.base import PARTICIPANT_DIR, RESEARCHER_DIR
 from experiments.store import stories_frame
 
 log = logging.getLogger(__name__)
 
-PARTICIPANT_DIR = "participant"
-RESEARCHER_DIR = "researcher"
 KEY_FILE = "unblinding_key.csv"
 # Story fields worth keeping next to the setting in the key (the rest is bulky or per-run).
 KEY_STORY_FIELDS = ("model", "model_sha256", "backend", "prompt_id", "seed", "sample_index")
@@ -84,6 +82,21 @@ def find_leaks(files: dict[str, str], secrets: set[str], shown_texts: list[str])
     return [f"{secret!r} in {name}" for name, text in files.items() for secret in sorted(set(pattern.findall(text)))]
 
 
+def format_files(survey: Survey, config: ExportConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """(participant files, researcher files) of every format that has a writer, by file name."""
+    folders: dict[str, dict[str, str]] = {PARTICIPANT_DIR: {}, RESEARCHER_DIR: {}}
+    for survey_format in FORMATS:
+        for relative, text in (survey_format.write(survey, config) if survey_format.write else {}).items():
+            folder, _, name = relative.partition("/")
+            if folder not in folders or not name or "/" in name:
+                raise ValueError(f"format {survey_format.name} writes {relative!r}; "
+                                 f"allowed: {PARTICIPANT_DIR}/NAME or {RESEARCHER_DIR}/NAME")
+            if name in folders[folder]:
+                raise ValueError(f"format {survey_format.name} writes {relative}, which another format writes")
+            folders[folder][name] = text
+    return folders[PARTICIPANT_DIR], folders[RESEARCHER_DIR]
+
+
 def export_survey(config: ExportConfig) -> ExportResult:
     run_dir = Path(config.run_dir)
     stories_path = run_dir / "stories.jsonl"
@@ -114,13 +127,8 @@ def export_survey(config: ExportConfig) -> ExportResult:
     for note in report["notes"]:
         log.warning("%s", note)
 
-    participant_files = {
-        "survey.html": render_survey_html(survey, config.title, config.completion_url, config.consent_text,
-                                          config.slider_step),
-        "qualtrics.txt": qualtrics_survey(survey, config.title),
-        "packets.csv": packets_csv(survey),
-        "exemplar.txt": survey.exemplar.text + "\n",
-    }
+    participant_files, researcher_files = format_files(survey, config)
+    participant_files["exemplar.txt"] = survey.exemplar.text + "\n"
     secrets = set(key["setting_id"].dropna().astype(str)) | set(key["story_id"].dropna().astype(str))
     for column in ("model", "model_sha256"):
         if column in key:
@@ -145,6 +153,6 @@ def export_survey(config: ExportConfig) -> ExportResult:
     files[out_dir / RESEARCHER_DIR / KEY_FILE] = csv_text(key)
     files[out_dir / RESEARCHER_DIR / "design.csv"] = csv_text(design)
     files[out_dir / RESEARCHER_DIR / "summary.json"] = json.dumps(summary, indent=2, default=str) + "\n"
-    files[out_dir / RESEARCHER_DIR / "qualtrics_setup.md"] = qualtrics_setup_notes(survey)
+    files.update({out_dir / RESEARCHER_DIR / name: text for name, text in researcher_files.items()})
     write_all_atomic(files)
     return ExportResult(out_dir, {f"{p.parent.name}/{p.name}": p for p in files}, survey, summary)

@@ -27,7 +27,7 @@ import jinja2
 from markupsafe import Markup
 
 from analysis.survey.blinding import Survey
-from analysis.survey.questions import CRITERIA, INSTRUCTIONS, PARTICIPANT_QUESTIONS, SCALE
+from analysis.survey.questions import CRITERIA, PARTICIPANT_QUESTIONS, SCALE, exemplar_note, instructions
 
 # The columns of the CSV the page downloads (one row per rated story, practice included).
 HTML_CSV_COLUMNS = (
@@ -50,7 +50,8 @@ def survey_data(survey: Survey, title: str, completion_url: str | None, consent_
     return {
         "survey_id": survey.survey_id,
         "title": title,
-        "instructions": list(INSTRUCTIONS),
+        "instructions": list(instructions(len(survey.practice))),
+        "exemplar_note": exemplar_note(),
         "consent_text": consent_text,
         "criteria": [asdict(c) for c in CRITERIA],
         "participant_questions": [asdict(q) for q in PARTICIPANT_QUESTIONS],

@@ -5,8 +5,10 @@ typicality, cohesion, coherence``, the participant covariates
 (``genai_familiarity, genai_comfort, story_writing, story_reviewing,
 evaluation_approach``), then ``blinded_id`` and, with ``key=``, the story's
 setting and its parameters (``setting_id, temperature, ...``). Without a key
-``story_id`` is the id the participant saw. The analysis stage reads this file
-directly (``ratings=FILE``).
+``story_id`` is the id the participant saw (or, for a ``tidy`` input, its own
+``story_id``). Extra columns of a tidy input (the paper's ``temperature``)
+follow; a key's column of the same name replaces them. The analysis stage
+reads this file directly (``ratings=FILE``).
 
 Nothing is written until every check has passed (or the exclusion rule has
 been applied); the table and its exclusion report are written atomically.
@@ -20,8 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.survey.config import ImportConfig, InputFormat, OnInvalid, SurveyError
+from analysis.survey.config import ImportConfig, OnInvalid, SurveyError
 from analysis.survey.files import csv_text, write_all_atomic
+from analysis.survey.formats import SurveyFormat
+from analysis.survey.formats.base import KNOWN_COLUMNS
 from analysis.survey.importers import COVARIATES, read_ratings_input, read_table
 from analysis.survey.questions import CRITERION_NAMES
 from analysis.survey.validation import SCALE_COVARIATES, apply_rule, find_problems
@@ -37,7 +41,7 @@ FREE_TEXT = ("story_writing", "story_reviewing", "evaluation_approach")
 class ImportResult:
     ratings: pd.DataFrame
     exclusions: pd.DataFrame
-    format: InputFormat
+    format: SurveyFormat
     out: Path
 
 
@@ -75,9 +79,16 @@ def _typed(kept: pd.DataFrame) -> pd.DataFrame:
 
 def build_table(kept: pd.DataFrame, key: pd.DataFrame | None, keep_practice: bool) -> pd.DataFrame:
     table = _typed(kept)
-    table["story_id"] = table["blinded_id"]
-    extras = [c for c in ("packet", "seconds_on_page") if c in table and (table[c] != "").any()]
-    columns = [*LEADING_COLUMNS, "blinded_id", *extras]
+    given = table["story_id"].fillna("") if "story_id" in table else pd.Series("", index=table.index)
+    table["story_id"] = given.where(given != "", table["blinded_id"])
+    extras = [c for c in ("packet", "seconds_on_page") if c in table and (table[c].fillna("") != "").any()]
+    passed = [c for c in table.columns if c not in KNOWN_COLUMNS and c != "practice"]
+    if key is not None:
+        replaced = [c for c in passed if c in key.columns]
+        if replaced:
+            log.info("the key's %s replace the input's columns of the same name", ", ".join(replaced))
+        passed = [c for c in passed if c not in replaced]
+    columns = [*LEADING_COLUMNS, "blinded_id", *extras, *passed]
     if keep_practice:
         table["practice"] = table["kind"] == "practice"
         columns.append("practice")
@@ -95,7 +106,8 @@ def import_ratings(config: ImportConfig) -> ImportResult:
     out = Path(config.out)
     report_path = out.with_name(out.name + ".exclusions.csv")
     raw, found_format = read_ratings_input(config.input, config.format, config.participant_column,
-                                           leave_out=(out, report_path))
+                                           leave_out=(out, report_path), delimiter=config.delimiter,
+                                           decimal=config.decimal)
     skipped = int(raw.attrs.get("skipped_metadata_rows", 0))
     if skipped:
         log.info("skipped %d Qualtrics metadata row(s) below the header", skipped)

@@ -7,7 +7,7 @@ novelty and typicality questions, and the four criteria as one-row 1-5 Likert
 matrices (Advanced TXT has no slider type). The question ids make the export
 self-describing: ``P03_2_k7QzX2_Novelty`` (packet, position, blinded id,
 criterion) is exported by Qualtrics as the column ``P03_2_k7QzX2_Novelty_1``,
-which :mod:`analysis.survey.importers` reads back without any other file.
+which :mod:`analysis.survey.formats.qualtrics` reads back without any other file.
 
 Qualtrics cannot assign one packet block per respondent from a TXT file: the
 researcher adds a Randomizer ("present 1 of N, evenly") in the Survey Flow;
@@ -24,7 +24,7 @@ from __future__ import annotations
 import html
 
 from analysis.survey.blinding import ShownStory, Survey
-from analysis.survey.questions import CRITERIA, INSTRUCTIONS, PARTICIPANT_QUESTIONS, SCALE, Criterion
+from analysis.survey.questions import CRITERIA, PARTICIPANT_QUESTIONS, SCALE, Criterion, exemplar_note, instructions
 
 
 def qualtrics_text(value: str) -> str:
@@ -61,7 +61,7 @@ def _criterion_body(criterion: Criterion) -> str:
 
 
 def _exemplar_box(exemplar: ShownStory) -> str:
-    return ("<b>The exemplar story</b>, for comparison (novelty and typicality are judged against it):<br>"
+    return (f"<b>The exemplar story</b>, for comparison ({exemplar_note().lower()} judged against it):<br>"
             f"<div>{qualtrics_text(exemplar.text)}</div>")
 
 
@@ -78,11 +78,11 @@ def qualtrics_survey(survey: Survey, title: str) -> str:
     definitions = "<br>".join(f"<b>{c.label}</b>: {qualtrics_text(c.definition)}" for c in CRITERIA)
     lines = ["[[AdvancedFormat]]", "", "[[Block:Instructions]]", ""]
     lines += _text_question("Instructions", f"<h2>{qualtrics_text(title)}</h2>"
-                            + "".join(f"<p>{qualtrics_text(p)}</p>" for p in INSTRUCTIONS))
+                            + "".join(f"<p>{qualtrics_text(p)}</p>" for p in instructions(len(survey.practice))))
     lines += _text_question("Definitions", f"<b>Definitions</b><br>{definitions}")
     lines += ["[[PageBreak]]", ""]
-    lines += _text_question("Exemplar_Intro", "<b>The exemplar story.</b> Please read it carefully: novelty and "
-                            f"typicality are judged by comparing a story with it.<br><br>"
+    lines += _text_question("Exemplar_Intro", "<b>The exemplar story.</b> Please read it carefully: "
+                            f"{exemplar_note().lower()} judged by comparing a story with it.<br><br>"
                             f"<div>{qualtrics_text(survey.exemplar.text)}</div>")
     if survey.practice:
         lines += ["[[Block:Practice]]", ""]
@@ -111,12 +111,15 @@ def qualtrics_setup_notes(survey: Survey) -> str:
     packets = ", ".join(labels)
     if len(labels) > 4:
         packets = f"{labels[0]}, {labels[1]}, ..., {labels[-1]}: {len(labels)} blocks"
+    blocks = "`Instructions`, then `Practice`"
+    if not survey.practice:
+        blocks = "`Instructions` (there is no practice block: practice=0)"
     return f"""# Setting up the Qualtrics survey (survey {survey.survey_id})
 
 1. Create a project, then Tools > Import/Export > Import survey, and choose `participant/qualtrics.txt`.
 2. Survey Flow:
    - at the top, an Embedded Data element `PROLIFIC_PID` (value from the panel / URL) if you recruit on Prolific;
-   - the blocks `Instructions`, then `Practice`;
+   - the blocks {blocks};
    - a Randomizer holding every packet block (Packet {packets}), set to "Randomly present 1 of the
      following elements" with "Evenly Present Elements" ticked: this is what keeps the design balanced;
    - then `About you`, then an End of Survey element (for Prolific: redirect to its completion link).

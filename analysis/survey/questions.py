@@ -1,49 +1,20 @@
-"""What participants are asked: the paper's questions and definitions, in one place.
+"""What participants are asked and told: criteria, participant questions, instructions.
 
-Wording from the questionnaire in the supplementary material of Peeperkorn et
-al. (ICCC 2024, arXiv 2405.00492, Appendix A). As in their survey, the
-prototype story is called the "exemplar story". The scale anchors are ours:
-the paper gives only "a five-point scale".
+The criteria (wording, definitions, scale) are those of :mod:`analysis.criteria`,
+re-exported here; this module adds the participant questions and the
+instructions, which follow the design they describe (how many practice
+stories, which criteria compare with the exemplar).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from analysis.criteria import CRITERIA, CRITERION_NAMES, EXEMPLAR_CRITERIA, SCALE, Criterion
 
-@dataclass(frozen=True)
-class Criterion:
-    name: str  # column name in every ratings table
-    label: str  # as shown, and as the Qualtrics question id part (paper: 1_Novelty_1)
-    question: str
-    definition: str
-    low: str  # anchor of 1
-    high: str  # anchor of 5
-    compares_to_exemplar: bool
-
-
-CRITERIA = (
-    Criterion("novelty", "Novelty",
-              "To what extent is the above story novel compared to the exemplar story?",
-              "A story is novel if it has something new or unusual.",
-              "Not at all novel", "Very novel", True),
-    Criterion("typicality", "Typicality",
-              "To what extent is the above story typical compared to the exemplar story?",
-              "A story is considered typical if it exhibits essential characteristics of a story.",
-              "Not at all typical", "Very typical", True),
-    Criterion("cohesion", "Cohesion",
-              "To what extent is the above story consistent (e.g. sentences are connected and characters, "
-              "events and actions are used appropriately)?",
-              "A story is cohesive if the use of words and sentences are grammatically consistent. "
-              "Characters, events, and actions are used appropriately.",
-              "Not at all consistent", "Very consistent", False),
-    Criterion("coherence", "Coherence",
-              "To what extent is it easy or difficult to follow and understand the above story?",
-              "A story is coherent if it is easy to follow and understand its meaning.",
-              "Very difficult to follow", "Very easy to follow", False),
-)
-CRITERION_NAMES = tuple(c.name for c in CRITERIA)
-SCALE = (1, 5)
+__all__ = ["CRITERIA", "CRITERION_NAMES", "COVARIATE_NAMES", "Criterion", "EXEMPLAR_CRITERIA",
+           "PARTICIPANT_QUESTIONS", "ParticipantQuestion", "SCALE", "definitions_text", "exemplar_note",
+           "instructions"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +22,7 @@ class ParticipantQuestion:
     name: str  # column name in the ratings table
     qualtrics_id: str  # question id in the Qualtrics file
     question: str
-    kind: str  # "text" (open answer) or "scale" (1 to 5)
+    kind: str  # "text" (open answer) or "scale" (integers on SCALE)
     low: str = ""
     high: str = ""
 
@@ -74,15 +45,46 @@ PARTICIPANT_QUESTIONS = (
 )
 COVARIATE_NAMES = tuple(q.name for q in PARTICIPANT_QUESTIONS)
 
-INSTRUCTIONS = (
-    "Thank you for taking part. You will read short stories and rate each of them on four criteria: "
-    "novelty, typicality, cohesion and coherence, each on a scale from 1 to 5.",
-    "First you will read an exemplar story. Novelty and typicality are judged by comparing a story with "
-    "this exemplar, which stays available on every page.",
-    "Two practice stories come first, so you can get used to the task; then the stories of your study. "
-    "There are no right or wrong answers: we are interested in your own judgement.",
-    "At the end we ask a few questions about you. Please read every story in full before rating it.",
-)
+_NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def _count(number: int) -> str:
+    return _NUMBER_WORDS[number] if 0 <= number < len(_NUMBER_WORDS) else str(number)
+
+
+def _and_list(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def exemplar_note() -> str:
+    """Which criteria are judged against the exemplar: "Novelty and typicality are"."""
+    names = _and_list([c.name for c in EXEMPLAR_CRITERIA])
+    return names[0].upper() + names[1:] + (" is" if len(EXEMPLAR_CRITERIA) == 1 else " are")
+
+
+def instructions(practice: int) -> tuple[str, ...]:
+    """The instructions page, for a survey with ``practice`` practice stories before the packet."""
+    if practice < 0:
+        raise ValueError(f"practice={practice} is not allowed: an integer >= 0")
+    if practice == 0:
+        order = "Then come the stories of your study."
+    else:
+        stories = "story comes" if practice == 1 else "stories come"
+        order = f"{_count(practice).capitalize()} practice {stories} first, so you can get used to the task; " \
+                "then the stories of your study."
+    criteria = f"{_count(len(CRITERIA))} {'criterion' if len(CRITERIA) == 1 else 'criteria'}"
+    paragraphs = [
+        f"Thank you for taking part. You will read short stories and rate each of them on {criteria}: "
+        f"{_and_list([c.name for c in CRITERIA])}, each on a scale from {SCALE[0]} to {SCALE[1]}.",
+    ]
+    if EXEMPLAR_CRITERIA:
+        paragraphs.append(f"First you will read an exemplar story. {exemplar_note()} judged by comparing a story "
+                          "with this exemplar, which stays available on every page.")
+    paragraphs += [
+        f"{order} There are no right or wrong answers: we are interested in your own judgement.",
+        "At the end we ask a few questions about you. Please read every story in full before rating it.",
+    ]
+    return tuple(paragraphs)
 
 
 def definitions_text() -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis.survey.config import OnInvalid, SurveyError
+from analysis.survey.formats.table import DECIMAL_COMMA_NUMBER
 from analysis.survey.questions import CRITERION_NAMES, SCALE
 
 SHOWN = 8  # problems listed in an error message
@@ -71,7 +72,8 @@ def find_problems(raw: pd.DataFrame, scale: tuple[float, float], known_ids: set[
             if text == "":
                 add(index, row, f"{criterion} is missing (incomplete rating)")
             elif (value := _number(text)) is None:
-                add(index, row, f"{criterion}={text!r} is not a number; allowed: numbers in [{low:g}, {high:g}]")
+                hint = " (a decimal comma? give decimal=comma)" if DECIMAL_COMMA_NUMBER.fullmatch(text) else ""
+                add(index, row, f"{criterion}={text!r} is not a number; allowed: numbers in [{low:g}, {high:g}]{hint}")
             elif not low <= value <= high:
                 add(index, row, f"{criterion}={text} is outside the scale [{low:g}, {high:g}]")
         if known_ids is not None and row["blinded_id"] not in known_ids:

@@ -79,3 +79,33 @@ def test_missing_file_and_unknown_format(tmp_path):
     (tmp_path / "ratings.xlsx").write_bytes(b"")
     with pytest.raises(RatingsError, match="unknown ratings format"):
         load_ratings(tmp_path / "ratings.xlsx")
+
+
+def test_the_criteria_and_their_scale_are_named_once():
+    """analysis.criteria is the one list; the ratings contract, the configs and the survey use it."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from analysis import ratings
+    from analysis.config import ReportConfig, register_configs
+    from analysis.criteria import CRITERIA, CRITERION_NAMES, SCALE, criterion
+    from analysis.survey import questions
+    from analysis.survey.config import ImportConfig
+
+    assert CRITERION_NAMES == ("novelty", "typicality", "cohesion", "coherence") and SCALE == (1, 5)
+    assert [c.name for c in CRITERIA if c.compares_to_exemplar] == ["novelty", "typicality"]
+    assert criterion("cohesion").question.startswith("To what extent is the above story consistent")
+    assert ratings.CRITERIA == CRITERION_NAMES and questions.CRITERIA is CRITERIA and questions.SCALE == SCALE
+    assert (ImportConfig(input="x", out="y").scale_min, ImportConfig(input="x", out="y").scale_max) == SCALE
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    report_yaml = (conf / "report.yaml").read_text()
+    assert not {"criteria", "scale_min", "scale_max"} & set(OmegaConf.create(report_yaml))  # not repeated there
+    assert not any(name in report_yaml for name in CRITERION_NAMES)
+    register_configs()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        config = OmegaConf.to_object(compose("report", overrides=["run_dir=x"]))
+        assert isinstance(config, ReportConfig)
+        assert config.criteria == list(CRITERION_NAMES) and config.scale == SCALE
+        fewer = OmegaConf.to_object(compose("report", overrides=["run_dir=x", "criteria=[novelty,coherence]"]))
+        assert fewer.criteria == ["novelty", "coherence"]

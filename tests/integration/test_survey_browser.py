@@ -32,15 +32,16 @@ from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
+from analysis.criteria import CRITERION_NAMES as CRITERIA  # noqa: E402
 from analysis.survey.blinding import Packet, ShownStory, Survey  # noqa: E402
 from analysis.survey.config import ExportConfig, ImportConfig  # noqa: E402
 from analysis.survey.export import export_survey  # noqa: E402
 from analysis.survey.html import render_survey_html  # noqa: E402
 from analysis.survey.ingest import import_ratings  # noqa: E402
+from analysis.survey.questions import instructions  # noqa: E402
 
 from tests.analysis.survey.synthetic import write_run  # noqa: E402
 
-CRITERIA = ("novelty", "typicality", "cohesion", "coherence")
 SCRIPT_STORY = 'Before.\n<script>window.__pwned = "script";</script>\nAfter the script.'
 IMG_STORY = 'An image: <img src=x onerror="window.__pwned = \'img\'"> and\n\nits second paragraph.'
 BREAKOUT_STORY = '</script><script>window.__pwned = "breakout";</script><!-- <b>bold?</b>'
@@ -108,6 +109,7 @@ def test_fill_download_and_import_round_trip(browser, tmp_path):
     page = export.out_dir / "participant" / "survey.html"
     browser.get(page.as_uri() + f"?PROLIFIC_PID=pid-42&STUDY_ID=study-1&packet={packet.label}")
 
+    assert "Two practice stories come first" in browser.find_element(By.CSS_SELECTOR, ".card").text
     click_next(browser)  # instructions
     assert browser.find_element(By.ID, "exemplar-text").text.startswith(export.survey.exemplar.text.split("\n")[0])
     click_next(browser)  # the exemplar
@@ -140,7 +142,7 @@ def test_fill_download_and_import_round_trip(browser, tmp_path):
     result = import_ratings(ImportConfig(input=str(csv_path), out=str(tmp_path / "ratings.csv"),
                                          key=str(export.out_dir / "researcher" / "unblinding_key.csv")))
     ratings = result.ratings
-    assert result.format.value == "html"
+    assert result.format.name == "html"
     assert list(ratings["blinded_id"]) == [blinded for blinded, _ in entered]
     assert list(ratings["evaluation_index"]) == [1, 2, 3]
     for (_, values), (_, row) in zip(entered, ratings.iterrows()):
@@ -152,6 +154,42 @@ def test_fill_download_and_import_round_trip(browser, tmp_path):
     design = pd.read_csv(export.out_dir / "researcher" / "design.csv", dtype=str)
     mine = design.loc[design["participant"] == packet.label].sort_values("position")
     assert list(ratings["story_id"]) == list(mine["story_id"])  # unblinded to the true stories
+
+
+@pytest.mark.parametrize("practice", [0, 1])
+def test_the_pages_follow_the_number_of_practice_stories(browser, tmp_path, practice):
+    run = write_run(tmp_path / "run")
+    export = export_survey(ExportConfig(run_dir=str(run), out_dir=str(tmp_path / "survey"), participants=10,
+                                        stories_per_participant=3, stories_per_setting=4, seed=1, practice=practice))
+    browser.get((export.out_dir / "participant" / "survey.html").as_uri() + "?packet=P01")
+    shown = [p.text for p in browser.find_elements(By.CSS_SELECTOR, ".card p")]
+    assert shown[:4] == list(instructions(practice))
+    page_text = browser.find_element(By.TAG_NAME, "body").text
+    assert "Two practice" not in page_text
+    assert ("One practice story comes first" in page_text) == (practice == 1)
+    click_next(browser)  # instructions
+    click_next(browser)  # the exemplar
+    kinds = []
+    for _ in range(practice + 3):
+        kinds.append(browser.find_element(By.CSS_SELECTOR, ".story-page").get_attribute("data-kind"))
+        rate_page(browser, {c: 3.0 for c in CRITERIA})
+        if practice and len(kinds) == practice:
+            assert browser.find_element(By.TAG_NAME, "h2").text == "Practice done"
+            click_next(browser)
+    assert kinds == ["practice"] * practice + ["story"] * 3
+
+
+def test_the_sliders_show_the_scale_of_the_criteria(browser, tmp_path):
+    page = tmp_path / "survey.html"
+    page.write_text(render_survey_html(escaping_survey(), "t"), encoding="utf-8")
+    browser.get(page.as_uri() + "?packet=P01")
+    click_next(browser)
+    click_next(browser)
+    ticks = [t.text for t in browser.find_elements(By.CSS_SELECTOR, ".ticks .scale span")]
+    assert ticks == ["1", "2", "3", "4", "5"] * len(CRITERIA)
+    anchors = [a.text for a in browser.find_elements(By.CSS_SELECTOR, ".slider-row .anchor")]
+    assert anchors[:2] == ["1 \u2013 Not at all novel", "Very novel \u2013 5"]
+    assert "rate from 1 to 5" in browser.find_element(By.TAG_NAME, "body").text
 
 
 def escaping_survey() -> Survey:

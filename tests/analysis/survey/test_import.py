@@ -6,12 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.criteria import CRITERION_NAMES
 from analysis.survey.__main__ import run as cli
 from analysis.survey.config import ImportConfig, SurveyError
 from analysis.survey.html import HTML_CSV_COLUMNS
 from analysis.survey.ingest import import_ratings
 
-CRITERIA = ["novelty", "typicality", "cohesion", "coherence"]
+CRITERIA = list(CRITERION_NAMES)
 
 
 def key_path(result):
@@ -63,7 +64,7 @@ def run_import(tmp_path, input_, **overrides):
 def test_html_downloads_round_trip_with_the_key(small_export, tmp_path):
     frames = write_html_downloads(small_export, tmp_path / "downloads")
     result, out = run_import(tmp_path, tmp_path / "downloads", key=key_path(small_export))
-    assert result.format.value == "html"
+    assert result.format.name == "html"
     ratings = pd.read_csv(out, dtype={"story_id": str, "participant_id": str, "blinded_id": str})
     expected = pd.concat(frames).query("kind == 'story'").reset_index(drop=True)
     assert len(ratings) == 9
@@ -104,7 +105,7 @@ def test_long_csv_filled_in(small_export, tmp_path):
     packets["genai_familiarity"] = "2"
     packets.to_csv(tmp_path / "filled.csv", index=False)
     result, _ = run_import(tmp_path, tmp_path / "filled.csv", key=key_path(small_export))
-    assert result.format.value == "long"
+    assert result.format.name == "long"
     stories = packets.loc[packets["kind"] == "story"].reset_index(drop=True)
     assert len(result.ratings) == len(stories) == 30
     assert (result.ratings["blinded_id"] == stories["blinded_id"]).all()
@@ -115,7 +116,7 @@ def test_long_csv_filled_in(small_export, tmp_path):
 
 def test_paper_raw_export_gives_the_published_ratings(paper_dir, tmp_path):
     result, out = run_import(tmp_path, paper_dir / "survey_data_16_feb_2024.csv.tar.gz")
-    assert result.format.value == "qualtrics"
+    assert result.format.name == "qualtrics"
     ours = pd.read_csv(out, dtype={"story_id": str, "participant_id": str})
     published = pd.read_csv(paper_dir / "survey_data_by_evaluation.csv.tar.gz", index_col=0,
                             dtype={"story_id": str, "participant_id": str})
@@ -288,7 +289,7 @@ def test_cli_rejects_typos_and_wrong_types(run_dir, capsys):
     assert cli(["export", f"run_dir={run_dir}", "participants=many"]) == 2
     assert "could not be converted to Integer" in capsys.readouterr().err
     assert cli(["import", "input=x.csv", "out=y.csv", "format=excel"]) == 2
-    assert "expected one of [auto, html, long, qualtrics]" in capsys.readouterr().err
+    assert "format='excel' is not allowed: one of auto, html, long, qualtrics, tidy" in capsys.readouterr().err
     assert cli(["export"]) == 2
     assert "run_dir" in capsys.readouterr().err
     assert cli(["frobnicate"]) == 2
