@@ -13,10 +13,15 @@ R^2 (Nakagawa & Schielzeth 2013, random-intercept models):
 
 Variances of predictions use ddof=1, as R's ``var`` in MuMIn::r.squaredGLMM.
 
-The ``*_paper`` columns repeat the paper's helper, which took var_f from the
-model's fitted values; in statsmodels those include the predicted random
-effects (BLUPs), so participant variance is counted in var_f *and* in var_r,
-inflating both R^2. They are reported only to compare with the publication.
+The ``*_paper`` columns repeat the paper's helper (``r2_lme`` in its notebook),
+which reproduces the published R^2 exactly. It took all three variances from
+the fitted model: var_f = var(fitted values), var_r = the random-intercept
+variance, var_e = var(residuals) (pandas ``.var()``, ddof=1). In statsmodels a
+mixed model's fitted values include the predicted random effects (BLUPs) and
+its residuals are y minus those, so the participant variance is counted in
+var_f *and* in var_r, and var_e is the spread left after the BLUPs, usually
+smaller than the model's residual variance (its ``scale``). Both R^2 come out
+inflated; they are reported only to compare with the publication.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ MIXED_MODEL_COLUMNS = [
     "criterion", "predictor", "random_effects", "n_obs", "n_participants", "n_stories",
     "beta", "se", "z", "p", "ci_low", "ci_high",
     "r2_marginal", "r2_conditional", "r2_marginal_paper", "r2_conditional_paper",
-    "var_fixed", "var_fixed_paper", "var_participant", "var_story", "var_residual",
+    "var_fixed", "var_fixed_paper", "var_participant", "var_story", "var_residual", "var_residual_paper",
     "converged", "warnings",
 ]
 
@@ -50,6 +55,12 @@ def nakagawa_r2(var_fixed: float, var_random: float, var_residual: float) -> tup
     """(marginal, conditional) R^2 from the three variance components."""
     total = var_fixed + var_random + var_residual
     return var_fixed / total, (var_fixed + var_random) / total
+
+
+def paper_variances(fitted: np.ndarray, residuals: np.ndarray) -> tuple[float, float]:
+    """(var_f, var_e) as the paper's helper: sample variances (ddof=1, pandas' default) of the
+    conditional fitted values and residuals, both of which include the predicted random effects."""
+    return float(np.var(fitted, ddof=1)), float(np.var(residuals, ddof=1))
 
 
 def fit_mixed_model(
@@ -98,9 +109,11 @@ def fit_mixed_model(
     var_residual = float(result.scale)
     fixed_prediction = result.model.exog @ result.fe_params.to_numpy()
     var_fixed = float(np.var(fixed_prediction, ddof=1))
-    var_fixed_paper = float(np.var(np.asarray(result.fittedvalues), ddof=1))
+    var_fixed_paper, var_residual_paper = paper_variances(np.asarray(result.fittedvalues),
+                                                          np.asarray(result.resid))
     r2_marginal, r2_conditional = nakagawa_r2(var_fixed, var_random, var_residual)
-    r2_marginal_paper, r2_conditional_paper = nakagawa_r2(var_fixed_paper, var_random, var_residual)
+    # Same formula, the paper's variances: this reproduces its published R^2 (analysis.paper_published).
+    r2_marginal_paper, r2_conditional_paper = nakagawa_r2(var_fixed_paper, var_random, var_residual_paper)
     ci_low, ci_high = result.conf_int(alpha=1 - confidence).loc["x"]
     return {
         "criterion": criterion, "predictor": predictor,
@@ -114,6 +127,7 @@ def fit_mixed_model(
         "r2_marginal_paper": r2_marginal_paper, "r2_conditional_paper": r2_conditional_paper,
         "var_fixed": var_fixed, "var_fixed_paper": var_fixed_paper,
         "var_participant": var_participant, "var_story": var_story, "var_residual": var_residual,
+        "var_residual_paper": var_residual_paper,
         "converged": bool(result.converged), "warnings": "; ".join(messages),
     }
 

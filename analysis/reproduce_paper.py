@@ -7,6 +7,11 @@
   r2_conditional_paper, r2_marginal_paper (the paper's Table 2 layout), for
   temperature and for the measures our metrics stage computes on the survey
   stories against the exemplar;
+- ``comparison_temperature.csv``: per criterion the published beta, SE and R^2
+  beside ours, paper-style and Nakagawa (:mod:`analysis.paper_published`);
+- ``comparison_edit_distance.csv``: the published beta (SE) of normalised edit
+  distance beside the one re-measured on the survey stories, in word and in
+  character units;
 - the same in LaTeX and Markdown, full tables (CIs, ICC, Krippendorff's alpha,
   variance components) beside them, the re-measured story metrics, the figures
   the data allow, and ``reproduction.md`` linking everything.
@@ -21,13 +26,14 @@ from __future__ import annotations
 import html
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from analysis import figures
+from analysis import figures, paper_published
 from analysis.config import ReproducePaperConfig, register_configs
 from analysis.descriptives import criterion_summary
 from analysis.mixed_models import mixed_models_table
@@ -36,7 +42,7 @@ from analysis.reliability import reliability_table
 from analysis.report import Report, fenced_block
 from analysis.run_data import exemplar_points
 from analysis.tables import atomic_write_text
-from metrics.config import MetricsConfig
+from metrics.config import EditUnit, MetricName, MetricsConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,11 @@ RATINGS_FILE = "survey_data_by_evaluation.csv.tar.gz"
 DESCRIPTIVES_COLUMNS = ["criterion", "mean", "sd", "cronbach_alpha"]
 LME_COLUMNS = ["criterion", "predictor", "beta", "se", "p", "r2_conditional", "r2_marginal",
                "r2_conditional_paper", "r2_marginal_paper"]
+EDIT_PREDICTOR = "prototype_edit_dist_norm"
+# The paper did not say in which unit it counted edits, so the comparison tries both that need no model.
+COMPARED_EDIT_UNITS = (EditUnit.word, EditUnit.char)
+# A value equal to the published one at 3 decimals counts as reproduced (the notebook's LaTeX table has 2).
+REPRODUCED_TOLERANCE = 1e-3
 
 
 class PaperDataError(ValueError):
@@ -91,20 +102,144 @@ def load_paper_ratings(paper_dir: Path, config: ReproducePaperConfig, stories: p
     return ratings
 
 
-def remeasure_stories(stories: pd.DataFrame, exemplar: str, predictors: list[str],
-                      metrics_config: MetricsConfig) -> tuple[pd.DataFrame, dict]:
-    """Run the metrics stage on the survey stories against the exemplar; return (metrics, sidecar)."""
+def _metrics_stage():
+    """metrics.compute.compute_story_metrics, imported late: a checkout may lack the metrics stage."""
     try:
         from metrics.compute import compute_story_metrics
     except ImportError as error:
         raise PaperDataError(f"the metrics stage is not available ({error}); run with remeasure=false "
                              "for temperature only") from None
-    metrics, sidecar = compute_story_metrics(stories[["story_id", "text"]], [exemplar], metrics_config)
+    return compute_story_metrics
+
+
+def remeasure_stories(stories: pd.DataFrame, exemplar: str, predictors: list[str],
+                      metrics_config: MetricsConfig) -> tuple[pd.DataFrame, dict]:
+    """Run the metrics stage on the survey stories against the exemplar; return (metrics, sidecar)."""
+    metrics, sidecar = _metrics_stage()(stories[["story_id", "text"]], [exemplar], metrics_config)
     missing = [p for p in predictors if p not in metrics.columns]
     if missing:
         raise PaperDataError(f"metrics.compute did not return {missing} (got {list(metrics.columns)})")
     metrics["story_id"] = metrics["story_id"].astype(str)
     return metrics, sidecar
+
+
+def edit_distance_by_unit(stories: pd.DataFrame, exemplar: str, metrics_config: MetricsConfig) -> pd.DataFrame:
+    """story_id, temperature and ``prototype_edit_dist_norm_<unit>`` per compared unit, by the metrics stage.
+
+    Only the edit-distance family runs (no model is loaded); everything else is as in ``metrics_config``.
+    """
+    compute = _metrics_stage()
+    frame = stories[["story_id", "temperature"]].copy()
+    for unit in COMPARED_EDIT_UNITS:
+        config = replace(metrics_config, enabled=[MetricName.edit_dist], progress=False,
+                         edit_distance=replace(metrics_config.edit_distance, unit=unit))
+        measured, _ = compute(stories[["story_id", "text"]], [exemplar], config)
+        column = measured.set_index(measured["story_id"].astype(str))[EDIT_PREDICTOR]
+        frame[f"{EDIT_PREDICTOR}_{unit.value}"] = frame["story_id"].map(column)
+    return frame
+
+
+def _fit(models: pd.DataFrame, criterion: str, predictor: str) -> pd.Series | None:
+    """The model row of (criterion, predictor); None when it was not fitted (a criterion left out)."""
+    rows = models[(models["criterion"] == criterion) & (models["predictor"] == predictor)]
+    return rows.iloc[0] if len(rows) else None
+
+
+def temperature_comparison(models: pd.DataFrame) -> pd.DataFrame:
+    """Per criterion: the published beta, SE and R^2 beside ours, R^2 paper-style and Nakagawa.
+
+    ``models`` must be the paper's model (random intercept per participant), else nothing should match.
+    """
+    rows = []
+    for criterion, published in paper_published.TEMPERATURE_MODELS.items():
+        ours = _fit(models, criterion, "temperature")
+        if ours is None:
+            continue
+        rows.append({
+            "criterion": criterion,
+            "beta_published": published.beta, "beta": ours["beta"],
+            "se_published": published.se, "se": ours["se"],
+            "r2c_published": published.r2_conditional, "r2c_paper_style": ours["r2_conditional_paper"],
+            "r2c_nakagawa": ours["r2_conditional"],
+            "r2m_published": published.r2_marginal, "r2m_paper_style": ours["r2_marginal_paper"],
+            "r2m_nakagawa": ours["r2_marginal"],
+        })
+    return pd.DataFrame(rows)
+
+
+def edit_distance_comparison(models: pd.DataFrame) -> pd.DataFrame:
+    """Per criterion: the published beta and SE of normalised edit distance beside ours in each compared unit."""
+    rows = []
+    for criterion, published in paper_published.EDIT_DISTANCE_MODELS.items():
+        fits = {unit.value: _fit(models, criterion, f"{EDIT_PREDICTOR}_{unit.value}") for unit in COMPARED_EDIT_UNITS}
+        if any(fit is None for fit in fits.values()):
+            continue
+        row = {"criterion": criterion, "beta_published": published.beta, "se_published": published.se}
+        for unit, fit in fits.items():
+            row[f"beta_{unit}"], row[f"se_{unit}"] = fit["beta"], fit["se"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def beta_gaps(comparison: pd.DataFrame) -> dict[str, float]:
+    """Mean |beta - published beta| over the criteria, per compared unit (smaller = closer to the paper)."""
+    return {unit.value: float((comparison[f"beta_{unit.value}"] - comparison["beta_published"]).abs().mean())
+            for unit in COMPARED_EDIT_UNITS}
+
+
+def edit_distance_note(by_unit: pd.DataFrame, comparison: pd.DataFrame) -> str:
+    """Why the re-measured edit-distance betas differ from the paper's, with the numbers of this run."""
+    greedy = by_unit.loc[by_unit["temperature"].idxmin()]
+    distances = ", ".join(f"{greedy[f'{EDIT_PREDICTOR}_{unit.value}']:.3f} in {unit.value} units"
+                          for unit in COMPARED_EDIT_UNITS)
+    gaps = beta_gaps(comparison)
+    closest = min(gaps, key=gaps.get)
+    return (f"Why they differ: the paper measured the generated texts of its unreleased story table against "
+            f"its own copy of the prototype, with code it did not release (edit unit, normalisation and text "
+            f"clean-up unknown), while here the released survey texts (`<br>` read as a line break) are "
+            f"measured against exemplar.txt, transcribed from the supplementary material (the "
+            f"T = {greedy['temperature']:g} survey story {greedy['story_id']} is at distance {distances} from "
+            f"it), so the predictor differs, not the model. Closest to the published betas: {closest} units "
+            f"(mean |beta difference| over the criteria: "
+            + ", ".join(f"{unit} {gap:.3f}" for unit, gap in gaps.items()) + ").")
+
+
+def temperature_note(comparison: pd.DataFrame) -> str:
+    """How far the paper-style R^2 (and beta, SE) are from the published ones, and what Nakagawa's are."""
+    gap = max((comparison[ours] - comparison[published]).abs().max() for ours, published in
+              [("beta", "beta_published"), ("se", "se_published"), ("r2c_paper_style", "r2c_published"),
+               ("r2m_paper_style", "r2m_published")])
+    verdict = ("reproduce" if gap <= REPRODUCED_TOLERANCE else "do not reproduce") + \
+        f" the published beta, SE and R^2 (largest difference {gap:.1e})"
+    return (f"The paper-style columns {verdict}. They are not Nakagawa's R^2: the paper's helper took var_f "
+            "from the fitted values, which include each participant's predicted intercept, so participant "
+            "variance is counted twice, and var_e from the residuals left after those intercepts instead of "
+            "the model's residual variance. The r2*_nakagawa columns are the correct values.")
+
+
+def report_comparison(report: Report, ratings: pd.DataFrame, criteria: list[str],
+                      edit_units: pd.DataFrame | None) -> None:
+    """The published numbers beside ours, always from the paper's model (participant intercept only)."""
+    report.text("## Comparison with the publication\n\n"
+                f"Published values: {paper_published.SOURCE}. Our fits use the paper's model "
+                "(criterion ~ predictor, random intercept per participant, REML) whatever the config says.")
+    temperature = mixed_models_table(ratings, criteria, ["temperature"])
+    comparison = temperature_comparison(temperature)
+    report.table(comparison, "comparison_temperature",
+                 "criterion ~ temperature: published beta, SE and R^2 (the paper's helper) beside ours; "
+                 "r2*_paper_style = the paper's helper on our fit, r2*_nakagawa = Nakagawa & Schielzeth.")
+    report.text(temperature_note(comparison))
+    if edit_units is None:
+        report.text("Normalised edit distance: not re-measured (remeasure=false), so not compared.")
+        return
+    units = [f"{EDIT_PREDICTOR}_{unit.value}" for unit in COMPARED_EDIT_UNITS]
+    data = ratings.merge(edit_units.drop(columns="temperature"), on="story_id", how="left")
+    edit = edit_distance_comparison(mixed_models_table(data, criteria, units))
+    report.table(edit, "comparison_edit_distance",
+                 "criterion ~ normalised edit distance to the prototype: published beta and SE beside ours, "
+                 "re-measured on the 31 survey stories against exemplar.txt in word units (words and "
+                 "punctuation marks) and in character units.")
+    report.text(edit_distance_note(edit_units, edit))
 
 
 def reproduce(config: ReproducePaperConfig) -> Path:
@@ -118,10 +253,12 @@ def reproduce(config: ReproducePaperConfig) -> Path:
     predictors = ["temperature"]
     story_metrics = stories[["story_id", "temperature"]].copy()
     sidecar: dict = {}
+    edit_units = None
     if config.remeasure:
         measured, sidecar = remeasure_stories(stories, exemplar, list(config.metric_predictors), config.metrics)
         story_metrics = story_metrics.merge(measured, on="story_id", how="left", validate="one_to_one")
         predictors += list(config.metric_predictors)
+        edit_units = edit_distance_by_unit(stories, exemplar, config.metrics)
     data = ratings.merge(story_metrics.drop(columns="temperature"), on="story_id", how="left")
 
     reliability = reliability_table(ratings, criteria, confidence=config.confidence)
@@ -147,14 +284,15 @@ def reproduce(config: ReproducePaperConfig) -> Path:
         else "a random intercept per participant"
     report.table(models[LME_COLUMNS], "lme",
                  f"criterion ~ predictor with {random_part}, REML. r2_* after Nakagawa & Schielzeth "
-                 "(fixed-effect variance from X*beta); r2_*_paper as the paper's helper (variance of fitted "
-                 "values, which include the random effects).")
+                 "(fixed-effect variance from X*beta); r2_*_paper as the paper's helper (variances of the fitted "
+                 "values, which include the random effects, and of the residuals).")
     report.table(models, "lme_full", f"All columns: Wald z, {config.confidence:.0%} CI, variance components, "
                                      f"convergence; correction: {models['correction'].iloc[0]}.")
     report.table(story_metrics, "story_metrics",
                  "The rated stories with temperature and the re-measured metrics (against exemplar.txt).")
     if sidecar:
         atomic_write_text(out_dir / "story_metrics.json", json.dumps(sidecar, indent=2, default=str))
+    report_comparison(report, ratings, criteria, edit_units)
 
     report.text("## Figures")
     figure_dir = out_dir / "figures"
@@ -195,6 +333,10 @@ def main(cfg: DictConfig) -> None:
         print(pd.read_csv(out_dir / "descriptives.csv").to_string(index=False))
         print()
         print(pd.read_csv(out_dir / "lme.csv").to_string(index=False))
+        for name in ("comparison_temperature", "comparison_edit_distance"):
+            if (out_dir / f"{name}.csv").exists():
+                print(f"\n{name} (published beside ours)")
+                print(pd.read_csv(out_dir / f"{name}.csv").to_string(index=False))
     print(path)
 
 

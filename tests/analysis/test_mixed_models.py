@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.mixed_models import MIXED_MODEL_COLUMNS, fit_mixed_model, mixed_models_table, nakagawa_r2
+from analysis.mixed_models import (MIXED_MODEL_COLUMNS, fit_mixed_model, mixed_models_table, nakagawa_r2,
+                                   paper_variances)
 from analysis.ratings import RatingsError
 
 X_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0])
@@ -45,11 +46,13 @@ def _closed_form(data: pd.DataFrame) -> dict[str, float]:
     intercept = data["novelty"].mean() - beta * data["temperature"].mean()
     blups = m * s2_u / (s2_e + m * s2_u) * (group_means - intercept - beta * data["temperature"].mean())
     fitted = intercept + beta * data["temperature"] + data["participant_id"].map(blups)
-    var_f_paper = np.var(fitted, ddof=1)
-    total, total_paper = var_f + s2_u + s2_e, var_f_paper + s2_u + s2_e
+    # The paper's helper: sample variances of the conditional fitted values and residuals.
+    var_f_paper, var_e_paper = np.var(fitted, ddof=1), np.var(data["novelty"] - fitted, ddof=1)
+    total, total_paper = var_f + s2_u + s2_e, var_f_paper + s2_u + var_e_paper
     return {
         "beta": beta, "se": np.sqrt(s2_e / (x_centred**2).sum()), "var_residual": s2_e, "var_participant": s2_u,
-        "var_fixed": var_f, "r2_marginal": var_f / total, "r2_conditional": (var_f + s2_u) / total,
+        "var_fixed": var_f, "var_fixed_paper": var_f_paper, "var_residual_paper": var_e_paper,
+        "r2_marginal": var_f / total, "r2_conditional": (var_f + s2_u) / total,
         "r2_marginal_paper": var_f_paper / total_paper, "r2_conditional_paper": (var_f_paper + s2_u) / total_paper,
     }
 
@@ -68,6 +71,12 @@ def test_mixed_model_and_both_r2_match_the_closed_form(balanced):
 
 def test_nakagawa_r2_by_hand():
     assert nakagawa_r2(1.0, 2.0, 1.0) == (0.25, 0.75)
+
+
+def test_paper_variances_are_sample_variances_as_pandas():
+    fitted, residuals = np.array([1.0, 2.0, 3.0, 6.0]), np.array([0.5, -0.5, 1.0, -1.0])
+    # The paper called Series.var(), whose default is ddof=1.
+    assert paper_variances(fitted, residuals) == (pd.Series(fitted).var(), pd.Series(residuals).var())
 
 
 def test_crossed_random_effects_estimate_a_story_variance():
