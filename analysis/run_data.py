@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
-from experiments.store import unique_stories
+from experiments.store import story_table
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,8 @@ class RunError(ValueError):
 @dataclass
 class RunData:
     run_dir: Path
-    stories: pd.DataFrame  # story_id, setting_id, setting_label, each setting key, each metric
-    setting_keys: list[str]
+    stories: pd.DataFrame  # story_id, setting_id, setting_label, each setting column, each metric
+    setting_keys: list[str]  # the setting columns (experiments.store.story_table's: seed is base_seed)
     swept: list[str]  # numeric setting keys that vary across stories
     metrics: list[str]  # metric columns usable as predictors
     settings_order: list[str]  # setting ids sorted by their swept values
@@ -37,8 +38,8 @@ class RunData:
     manifest: str | None = None
 
 
-def _plain(value: object) -> object:
-    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def exemplar_points(sidecar: dict) -> list[tuple[float, float]]:
@@ -81,21 +82,22 @@ def load_run(run_dir: str | Path, exclude_parameters: Sequence[str] = ("seed",),
     stories_path = run_dir / "stories.jsonl"
     if not stories_path.exists():
         raise RunError(f"{run_dir}: no stories.jsonl; run_dir must be a run written by the generate stage")
-    # Only ids and settings are needed: stream, never holding every story's log-probs.
-    stories = [{"story_id": story["story_id"], "setting_id": story.get("setting_id"), "setting": story.get("setting")}
-               for story in unique_stories(stories_path)]
-    if not stories:
+    # Only ids and settings are needed: the store's one table, streamed, without texts or log-probs.
+    table = story_table(stories_path, fields=("story_id", "setting_id"))
+    frame = table.frame
+    if frame.empty:
         raise RunError(f"{stories_path}: no stories")
-    setting_keys = sorted({key for story in stories for key in (story.get("setting") or {})})
-    frame = pd.DataFrame([
-        {"story_id": str(story["story_id"]), "setting_id": str(story.get("setting_id")),
-         **{key: _plain((story.get("setting") or {}).get(key)) for key in setting_keys}}
-        for story in stories
-    ])
+    frame["setting_id"] = [str(None) if _missing(value) else str(value)
+                           for value in (frame["setting_id"] if "setting_id" in frame else [None] * len(frame))]
+    setting_keys = sorted(table.setting_columns)
+    frame = frame[["story_id", "setting_id", *setting_keys]]
+    # A parameter is excluded by its setting key ("seed") or by its column ("base_seed").
+    excluded = {column for column, key in table.setting_columns.items()
+                if column in exclude_parameters or key in exclude_parameters}
 
     swept = []
     for key in setting_keys:
-        if key in exclude_parameters or frame[key].nunique(dropna=False) < 2:
+        if key in excluded or frame[key].nunique(dropna=False) < 2:
             continue
         if pd.api.types.is_numeric_dtype(frame[key]):
             swept.append(key)

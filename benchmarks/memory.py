@@ -10,10 +10,11 @@ numpy (the "imports only" row). The case runs a second time under tracemalloc,
 started after the imports, for the peak of what the case itself allocated
 (Python objects and numpy/pandas buffers).
 
-Cases marked "(streaming)" are the same reads done one line at a time, here
-for comparison: they show what experiments/store.py would peak at if
-``iter_stories`` and ``stories_frame`` did not hold the whole file (see
-``iter_lines`` and ``frame_streaming`` below).
+"iterate (streaming)" is the bare loop over lines (``iter_lines`` below), the
+floor that ``iter_stories`` is measured against. ``stories_frame`` is the
+store's one table (``experiments.store.story_table``, which metrics and
+analysis read through): streamed, without log-probs; "(with log-probs)" is
+the table the metrics stage reads, one float64 array of log-probs per story.
 """
 
 from __future__ import annotations
@@ -70,29 +71,11 @@ def write_store(path: Path, n: int, seed: int = 0) -> None:
 # ---------------------------------------------------------------- the cases
 
 def iter_lines(path: Path):
-    """Stories one line at a time: what iter_stories could do (it reads the whole file first)."""
+    """Stories one line at a time, nothing checked: the floor for iter_stories."""
     with open(path, "rb") as handle:
         for raw in handle:
             if raw.strip():
                 yield json.loads(raw)
-
-
-def frame_streaming(path: Path):
-    """stories_frame's columns, built while streaming and dropping each story's log-probs at once."""
-    import pandas as pd
-
-    rows, seen = [], set()
-    for story in iter_lines(path):
-        if story["story_id"] in seen:
-            continue
-        seen.add(story["story_id"])
-        story.pop("token_logprobs", None)
-        setting = story.pop("setting", None) or {}
-        for key, value in setting.items():
-            column = "base_seed" if key == "seed" else (f"setting.{key}" if key in story else key)
-            story[column] = value if not isinstance(value, (list, dict)) else json.dumps(value, sort_keys=True)
-        rows.append(story)
-    return pd.DataFrame(rows)
 
 
 def _frame_note(frame) -> str:
@@ -127,8 +110,8 @@ def run_case(case: str, path: Path, traced: bool = False) -> dict:
     elif case == "stories_frame":
         frame = stories_frame(path)
         note = f"{frame.shape[0]} x {frame.shape[1]}; {_frame_note(frame)}"
-    elif case == "stories_frame (streaming)":
-        frame = frame_streaming(path)
+    elif case == "stories_frame (with log-probs)":
+        frame = stories_frame(path, with_logprobs=True)
         note = f"{frame.shape[0]} x {frame.shape[1]}; {_frame_note(frame)}"
     else:
         raise ValueError(f"unknown case {case!r}")
@@ -138,7 +121,7 @@ def run_case(case: str, path: Path, traced: bool = False) -> dict:
 
 
 CASES = ["imports only", "resume: StoryStore.existing_ids", "iter_stories", "iterate (streaming)",
-         "read_stories (everything)", "stories_frame", "stories_frame (streaming)"]
+         "read_stories (everything)", "stories_frame", "stories_frame (with log-probs)"]
 
 
 def _child(case: str, path: Path, traced: bool) -> dict:

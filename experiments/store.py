@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Container, Iterable, Iterator, Optional
 
 from filelock import FileLock
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -184,25 +189,100 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def stories_frame(path: str | os.PathLike, with_logprobs: bool = False):
-    """The store as a tidy DataFrame, one row per story.
+# ---------------------------------------------------------------- the store as a table
+#
+# story_table is the one way from stories to a table: metrics (metrics.inputs),
+# analysis (analysis.run_data) and the survey export all read a store through it.
 
-    Each sampling parameter of ``setting`` becomes its own column (``temperature``,
-    ``top_p``, ...), so analysis code can group and correlate on them directly;
-    the setting's base seed becomes ``base_seed`` (``seed`` is the story's own).
-    ``token_logprobs`` is left out unless asked for: it is the bulk of the file.
+SETTING_PREFIX = "setting."
+BASE_SEED = "base_seed"
+
+
+@dataclass
+class StoryTable:
+    frame: "pd.DataFrame"  # one row per story: its own fields, then the setting's parameters
+    setting_columns: dict[str, str]  # column -> the setting key it holds, in first-seen order
+
+
+def setting_column(key: str, taken: Container[str]) -> str:
+    """The column of setting parameter ``key``, given the names ``taken`` by the stories' own fields.
+
+    The setting's ``seed`` is the sweep's base seed, not the story's: it becomes
+    ``base_seed``. A parameter named like a field of any story in the table
+    becomes ``setting.<key>`` (again, until free), so a setting never
+    overwrites, nor shares a column with, a field of a story.
+    """
+    column = BASE_SEED if key == "seed" else key
+    while column in taken:
+        column = SETTING_PREFIX + column
+    return column
+
+
+def _float_array(value: Any) -> Any:
+    """Log-probs as a float64 array (8 bytes a token, not a 32-byte Python float); None becomes NaN."""
+    import numpy as np  # here, like pandas: writing stories never needs either
+
+    if isinstance(value, list):
+        try:
+            return np.asarray([math.nan if v is None else v for v in value], dtype=np.float64)
+        except (TypeError, ValueError):
+            return value  # left as it is, for the perplexity metric to name the problem
+    return value
+
+
+def story_table(path: str | os.PathLike, *, with_logprobs: bool = False, fields: Optional[Iterable[str]] = None,
+                prepare: Optional[Callable[[int, dict[str, Any]], dict[str, Any]]] = None) -> StoryTable:
+    """The store as a tidy table, one row per story (the first copy of a duplicate id), in file order.
+
+    Every field of the story is a column as written (``seed`` is the story's
+    own seed; ``story_id`` a string), or only ``fields`` (and ``story_id``) if
+    given. Each parameter of ``setting`` is a column of its own (``temperature``,
+    ``top_p``, ...; lists and dicts as JSON), named by ``setting_column``:
+    the setting's base seed is ``base_seed``, and a parameter named like a
+    story's field is ``setting.<key>``. ``token_logprobs`` is the bulk of
+    the file: left out unless ``with_logprobs``, then one float64 array per story.
+    ``prepare(record, story)`` (record: 1, 2, ... over unique stories) may check
+    or clean each story before it becomes a row; it returns the story to use.
+
+    Stories are read one at a time and each is reduced to its row at once
+    (log-probs dropped or packed), so the log-probs of every story are never
+    all in memory as Python objects.
     """
     import pandas as pd
 
-    rows = []
-    # Streamed, so that the log-probs of every story are never all in memory at once.
-    for story in unique_stories(path):
-        row = {key: value for key, value in story.items() if key != "setting"}
-        if not with_logprobs:
-            row.pop("token_logprobs", None)
-        for key, value in (story.get("setting") or {}).items():
-            # The setting's base seed must not overwrite the story's own seed.
-            column = "base_seed" if key == "seed" else (f"setting.{key}" if key in story else key)
-            row[column] = value if not isinstance(value, (list, dict)) else json.dumps(value, sort_keys=True)
-        rows.append(row)
-    return pd.DataFrame(rows)
+    keep = None if fields is None else {"story_id", *fields}
+    story_rows, setting_rows = [], []
+    story_fields: dict[str, None] = {}  # every field of every story, kept or not
+    setting_keys: dict[str, None] = {}  # in first-seen order
+    for record, story in enumerate(unique_stories(path), start=1):
+        if prepare is not None:
+            story = prepare(record, story)
+        story_fields.update(dict.fromkeys(story))
+        row = {key: value for key, value in story.items()
+               if key != "setting" and (keep is None or key in keep)
+               and (with_logprobs or key != "token_logprobs")}
+        row["story_id"] = str(story["story_id"])
+        if "token_logprobs" in row:
+            row["token_logprobs"] = _float_array(row["token_logprobs"])
+        story_rows.append(row)
+        setting = story.get("setting") or {}
+        setting_keys.update(dict.fromkeys(setting))
+        setting_rows.append({key: json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+                             for key, value in setting.items()})
+    # Named once for the whole table, against the fields of every story (kept or not): a column
+    # holds one thing in every row, and means the same whichever fields a caller keeps.
+    taken = set(story_fields)
+    setting_columns: dict[str, str] = {}
+    for key in setting_keys:
+        column = setting_column(key, taken)
+        taken.add(column)
+        setting_columns[column] = key
+    frame = pd.concat([pd.DataFrame(story_rows),
+                       pd.DataFrame(setting_rows, columns=list(setting_keys)).set_axis(list(setting_columns), axis=1)],
+                      axis=1)
+    return StoryTable(frame=frame, setting_columns=setting_columns)
+
+
+def stories_frame(path: str | os.PathLike, with_logprobs: bool = False, **options: Any) -> "pd.DataFrame":
+    """``story_table(...).frame``: the table alone, for callers that do not need its setting columns."""
+    return story_table(path, with_logprobs=with_logprobs, **options).frame

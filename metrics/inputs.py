@@ -1,8 +1,10 @@
 """Reading stories and exemplars from the harness or from anywhere else.
 
 Stories come from:
-- a run's ``stories.jsonl`` (or the run folder holding it): every field, with
-  each sampling parameter of ``setting`` as its own column;
+- a run's ``stories.jsonl`` (or the run folder holding it), as
+  ``experiments.store.story_table`` reads it: every field (``seed`` the
+  story's own), each sampling parameter of ``setting`` as its own column
+  (the setting's seed as ``base_seed``);
 - any JSONL or CSV with at least ``story_id`` and ``text``;
 - a folder of ``.txt`` files (story_id = file stem), optionally with a
   ``metadata.csv`` (an ``id`` or ``story_id`` column; ``t`` is read as
@@ -18,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.config import SamplingConfig
-from experiments.store import STORIES_FILE, StoreError, unique_stories
+from experiments.store import STORIES_FILE, StoreError, story_table
 from metrics.text import LONE_SURROGATE, replace_lone_surrogates
 
 log = logging.getLogger(__name__)
@@ -84,47 +85,25 @@ def _clean_string(value: Any, path: Path, story_id: Any, key: str) -> Any:
 
 
 def _read_jsonl(path: Path) -> tuple[pd.DataFrame, list[str]]:
-    rows, setting_columns = [], {}
+    def checked(record: int, story: dict) -> dict:
+        if "text" not in story:
+            raise InputError(f"{path}: story {story['story_id']!r} (record {record}) has no 'text' field")
+        if story["text"] is not None and not isinstance(story["text"], str):
+            raise InputError(f"{path}: story {story['story_id']!r} has a 'text' that is a "
+                             f"{type(story['text']).__name__}, not a string")
+        return {key: value if key == "setting" else _clean_string(value, path, story["story_id"], key)
+                for key, value in story.items()}
+
     try:
-        # Streamed, and log-probs kept as float arrays (8 bytes a token, not a
-        # 32-byte Python float), so a large store is never all in memory as objects.
-        for number, story in enumerate(unique_stories(path), start=1):
-            _add_jsonl_row(path, number, story, rows, setting_columns)
+        # The store's one table: streamed, log-probs as float arrays, each setting parameter a column.
+        table = story_table(path, with_logprobs=True, prepare=checked)
     except StoreError as error:
         raise InputError(str(error)) from None
-    if not rows:
+    frame = table.frame
+    if frame.empty:
         raise InputError(f"{path}: no stories")
-    frame = pd.DataFrame(rows)
-    if not setting_columns:
-        setting_columns = dict.fromkeys(c for c in SAMPLING_PARAMETERS if c in frame)
-    return frame, list(setting_columns)
-
-
-def _compact_logprobs(value: Any) -> Any:
-    if isinstance(value, list):
-        try:
-            return np.asarray([math.nan if v is None else v for v in value], dtype=np.float64)
-        except (TypeError, ValueError):
-            return value  # left as it is, for the perplexity metric to name the problem
-    return value
-
-
-def _add_jsonl_row(path: Path, number: int, story: dict, rows: list, setting_columns: dict) -> None:
-    if "text" not in story:
-        raise InputError(f"{path}: story {story['story_id']!r} (record {number}) has no 'text' field")
-    if story["text"] is not None and not isinstance(story["text"], str):
-        raise InputError(f"{path}: story {story['story_id']!r} has a 'text' that is a "
-                         f"{type(story['text']).__name__}, not a string")
-    row = {key: _clean_string(value, path, story["story_id"], key)
-           for key, value in story.items() if key != "setting"}
-    # As experiments.store.stories_frame: each setting parameter is a column.
-    for key, value in (story.get("setting") or {}).items():
-        row[key] = json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
-        setting_columns[key] = None
-    row["story_id"] = str(row["story_id"])
-    if "token_logprobs" in row:
-        row["token_logprobs"] = _compact_logprobs(row["token_logprobs"])
-    rows.append(row)
+    setting_columns = list(table.setting_columns) or [c for c in SAMPLING_PARAMETERS if c in frame]
+    return frame, setting_columns
 
 
 def _read_csv(path: Path) -> tuple[pd.DataFrame, list[str]]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import multiprocessing
 
+import numpy as np
 import pytest
 
-from experiments.store import StoreError, StoryStore, read_stories, repair_torn_tail, stories_frame
+from experiments.store import (StoreError, StoryStore, read_stories, repair_torn_tail, stories_frame,
+                               story_table)
 
 
 def story(index: int, **extra) -> dict:
@@ -89,3 +91,95 @@ def test_stories_frame_keeps_the_story_seed_apart_from_the_base_seed(tmp_path):
     StoryStore(tmp_path).append({"story_id": "a", "seed": 12345, "setting": {"seed": 0, "temperature": 1.0}})
     frame = stories_frame(tmp_path / "stories.jsonl")
     assert frame.loc[0, "seed"] == 12345 and frame.loc[0, "base_seed"] == 0
+
+
+def _store_of_seeded_stories(tmp_path) -> list[dict]:
+    """Stories whose own seeds differ from their setting's base seed, and with fields named like parameters."""
+    stories = [
+        {"story_id": f"s{index}", "setting_id": f"T{temperature}", "seed": 1000 * base + 17 * index + 3,
+         "sample_index": index, "model": "the-model", "text": f"story {index}", "token_logprobs": [-0.5, None],
+         "setting": {"temperature": temperature, "seed": base, "model": "setting-model", "stop": ["\n\n"]}}
+        for index, (temperature, base) in enumerate([(0.5, 0), (0.5, 0), (1.5, 7), (1.5, 7), (2.0, 0)])
+    ]
+    store = StoryStore(tmp_path)
+    for story in stories:
+        store.append(story)
+    return stories
+
+
+def test_story_table_keeps_every_story_seed_and_the_base_seed_apart(tmp_path):
+    stories = _store_of_seeded_stories(tmp_path)
+    table = story_table(tmp_path / "stories.jsonl")
+    frame = table.frame
+    assert frame["seed"].tolist() == [s["seed"] for s in stories]
+    assert frame["base_seed"].tolist() == [s["setting"]["seed"] for s in stories]
+    assert all(s["seed"] != s["setting"]["seed"] for s in stories)
+    assert table.setting_columns == {"temperature": "temperature", "base_seed": "seed",
+                                     "setting.model": "model", "stop": "stop"}
+
+
+def test_story_table_setting_columns_never_clobber_a_story_field(tmp_path):
+    stories = _store_of_seeded_stories(tmp_path)
+    frame = story_table(tmp_path / "stories.jsonl", with_logprobs=True).frame
+    for row, story in zip(frame.to_dict("records"), stories):
+        for key, value in story.items():
+            if key == "setting":
+                continue
+            if key == "token_logprobs":
+                assert np.array_equal(row[key], [-0.5, np.nan], equal_nan=True) and row[key].dtype == np.float64
+            else:
+                assert row[key] == value, key
+        assert row["setting.model"] == "setting-model" and row["model"] == "the-model"
+        assert row["stop"] == '["\\n\\n"]'
+
+
+def test_story_table_fields_and_prepare(tmp_path):
+    _store_of_seeded_stories(tmp_path)
+    seen = []
+
+    def prepare(record, story):
+        seen.append(record)
+        return {**story, "text": story["text"].upper()}
+
+    table = story_table(tmp_path / "stories.jsonl", fields=["setting_id", "text"], prepare=prepare)
+    assert seen == [1, 2, 3, 4, 5]
+    # Column names do not depend on the fields kept: the setting's model is still setting.model.
+    assert list(table.frame.columns) == ["story_id", "setting_id", "text", "temperature", "base_seed",
+                                         "setting.model", "stop"]
+    assert table.frame["text"][0] == "STORY 0"
+
+
+def test_story_table_names_each_clashing_parameter_apart(tmp_path):
+    StoryStore(tmp_path).append({"story_id": 7, "seed": 1, "base_seed": 2, "setting.seed": 3,
+                                 "setting": {"seed": 4, "base_seed": 5}})
+    table = story_table(tmp_path / "stories.jsonl")
+    row = table.frame.iloc[0].to_dict()
+    assert row["story_id"] == "7"
+    assert (row["seed"], row["base_seed"], row["setting.seed"]) == (1, 2, 3)
+    assert row["setting.base_seed"] == 4 and row["setting.setting.base_seed"] == 5
+    assert table.setting_columns == {"setting.base_seed": "seed", "setting.setting.base_seed": "base_seed"}
+
+
+def test_stories_frame_is_the_story_table(tmp_path):
+    _store_of_seeded_stories(tmp_path)
+    path = tmp_path / "stories.jsonl"
+    assert stories_frame(path).equals(story_table(path).frame)
+    assert "token_logprobs" not in stories_frame(path) and "token_logprobs" in stories_frame(path, True)
+
+
+def test_a_parameter_gets_one_column_for_the_whole_table(tmp_path):
+    # Only the second story has a field "model": the first story's setting model must not land in that column.
+    store = StoryStore(tmp_path)
+    store.append({"story_id": "a", "setting": {"model": "x", "temperature": 1.0}})
+    store.append({"story_id": "b", "model": "own", "setting": {"model": "y"}})
+    table = story_table(tmp_path / "stories.jsonl")
+    assert table.frame["model"].tolist()[1] == "own" and table.frame["model"].isna().tolist() == [True, False]
+    assert table.frame["setting.model"].tolist() == ["x", "y"]
+    assert table.frame["temperature"].tolist()[0] == 1.0 and table.frame["temperature"].isna().tolist()[1]
+    assert table.setting_columns == {"setting.model": "model", "temperature": "temperature"}
+
+
+def test_an_empty_store_is_an_empty_table(tmp_path):
+    (tmp_path / "stories.jsonl").write_text("")
+    table = story_table(tmp_path / "stories.jsonl")
+    assert table.frame.empty and table.setting_columns == {}

@@ -78,6 +78,18 @@ def test_harness_store(tmp_path):
         assert loaded.frame["stop"][0] == '["\\n\\n"]'
 
 
+def test_harness_store_keeps_each_story_seed_apart_from_the_base_seed(tmp_path):
+    stories = [{"story_id": f"s{i}", "setting_id": f"T{t}", "seed": 500 + 11 * i, "model": "m", "text": "Hi.",
+                "setting": {"temperature": t, "seed": 3, "model": "setting-model"}}
+               for i, t in enumerate([0.5, 0.5, 1.5])]
+    _write(tmp_path / "stories.jsonl", "".join(json.dumps(s) + "\n" for s in stories))
+    loaded = load_stories(tmp_path)
+    assert loaded.frame["seed"].tolist() == [500, 511, 522]
+    assert loaded.frame["base_seed"].tolist() == [3, 3, 3]
+    assert loaded.frame["model"].tolist() == ["m"] * 3 and loaded.frame["setting.model"].tolist() == ["setting-model"] * 3
+    assert loaded.setting_columns == ["temperature", "base_seed", "setting.model"]
+
+
 def test_unpaired_surrogates_in_json_are_replaced(tmp_path):
     _write(tmp_path / "s.jsonl", '{"story_id": "a", "text": "bad \\ud800 text"}\n')
     assert load_stories(tmp_path / "s.jsonl").frame["text"][0] == "bad \ufffd text"
