@@ -24,6 +24,7 @@ from analysis.mixed_models import mixed_models_table
 from analysis.ratings import RatingsError, load_ratings
 from analysis.reliability import reliability_table
 from analysis.run_data import RunData, RunError, load_run
+from experiments.paths import conf_path
 from analysis.tables import TableFiles, atomic_write_text, markdown_table, write_table
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ def report_for_run(run_dir: str | Path, ratings: str | Path | None = None, **opt
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
+@hydra.main(version_base="1.3", config_path=conf_path(), config_name="report")
 def main(cfg: DictConfig) -> None:
     config: ReportConfig = OmegaConf.to_object(cfg)
     try:

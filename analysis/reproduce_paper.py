@@ -41,6 +41,7 @@ from analysis.ratings import RatingsError, load_ratings
 from analysis.reliability import reliability_table
 from analysis.report import Report, fenced_block
 from analysis.run_data import exemplar_points
+from experiments.paths import conf_path
 from analysis.tables import atomic_write_text
 from metrics.config import EditUnit, MetricName, MetricsConfig
 
@@ -321,7 +322,7 @@ def reproduce(config: ReproducePaperConfig) -> Path:
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="reproduce_paper")
+@hydra.main(version_base="1.3", config_path=conf_path(), config_name="reproduce_paper")
 def main(cfg: DictConfig) -> None:
     config: ReproducePaperConfig = OmegaConf.to_object(cfg)
     try:

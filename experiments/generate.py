@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.config import ConfigError, GenerateConfig, register_configs
+from experiments.paths import conf_path
 from experiments.run import run_generation, validate
 
 log = logging.getLogger("experiments.generate")
@@ -91,7 +92,7 @@ def generate(cfg: DictConfig) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=conf_path(), config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
         status = generate(cfg)

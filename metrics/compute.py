@@ -41,6 +41,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.manifest import harness_version, package_versions
+from experiments.paths import conf_path
 from experiments.store import utc_now
 from metrics import registry
 from metrics.cache import ContentCache
@@ -494,7 +495,7 @@ def to_typed(cfg: DictConfig) -> ComputeMetricsConfig:
     return OmegaConf.to_object(cfg)  # runs the dataclasses' range checks
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="compute_metrics")
+@hydra.main(version_base="1.3", config_path=conf_path(), config_name="compute_metrics")
 def main(cfg: DictConfig) -> None:
     compute_metrics(to_typed(cfg))
 

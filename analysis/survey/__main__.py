@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
@@ -25,8 +24,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from analysis.survey.config import ExportConfig, ImportConfig, SurveyError, register_configs
+from experiments.paths import conf_dir
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = conf_dir()
 CONFIG_NAMES = {"export": "survey_export", "import": "survey_import"}
 USAGE = __doc__
 
@@ -87,5 +87,10 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The console script ``harness-survey``: the same as ``python -m analysis.survey``."""
     sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
