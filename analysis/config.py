@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from analysis.criteria import CRITERION_NAMES, SCALE
+from experiments.errors import HarnessInputError, check
 from metrics.config import MetricName, MetricsConfig
 
 
@@ -27,9 +29,12 @@ class Correction(Enum):
     bonferroni = "bonferroni"
 
 
-def _check(condition: bool, name: str, value: object, allowed: str) -> None:
-    if not condition:
-        raise ValueError(f"{name}={value!r} is not allowed: {allowed}")
+class AnalysisInputError(HarnessInputError):
+    """The analysis stage's bad input: a configuration value outside what is allowed, or a run, ratings
+    table or paper folder that cannot be analysed (``RunError``, ``RatingsError``, ``PaperDataError``)."""
+
+
+_check = partial(check, error=AnalysisInputError)
 
 
 @dataclass

@@ -7,14 +7,15 @@ pyplot state or GUI backend is ever touched, and figures are freed when dropped.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+
+from analysis.criteria import SCALE
+from experiments.files import atomic_path
 
 COLUMN_WIDTH_IN = 3.3
 STYLE = {"font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7, "xtick.labelsize": 6, "ytick.labelsize": 6,
@@ -53,18 +54,11 @@ def _figure(rows: int = 1, columns: int = 1, height_in: float = 2.4, width_in: f
 def save_figure(figure: Figure, out_base: str | Path, dpi: int = 300) -> list[Path]:
     """Write ``<out_base>.png`` and ``.pdf``, each to a temporary file first, then renamed."""
     out_base = Path(out_base)
-    out_base.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for extension in ("png", "pdf"):
         target = out_base.with_name(f"{out_base.name}.{extension}")
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
+        with atomic_path(target) as temporary:
             figure.savefig(temporary, format=extension, dpi=dpi)
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
         written.append(target)
     return written
 
@@ -156,7 +150,7 @@ def pca_panels(
 
 @_with_style
 def rating_histograms(
-    ratings: pd.DataFrame, criteria: Sequence[str], out_base: str | Path, scale: tuple[float, float] = (1, 5),
+    ratings: pd.DataFrame, criteria: Sequence[str], out_base: str | Path, scale: tuple[float, float] = SCALE,
     bins: int = 16,
 ) -> list[Path]:
     """One histogram per criterion over the declared scale, mean as a dashed line."""

@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from analysis.config import AnalysisInputError
 from analysis.criteria import CRITERION_NAMES, SCALE
 
 CRITERIA = CRITERION_NAMES  # the criterion column names (analysis.criteria.CRITERIA holds their wording)
@@ -22,7 +23,7 @@ ID_COLUMNS = ("story_id", "participant_id")
 SHOWN = 5  # how many offending rows or ids an error message lists
 
 
-class RatingsError(ValueError):
+class RatingsError(AnalysisInputError):
     """A ratings table that breaks the contract."""
 
 

@@ -21,11 +21,13 @@ from analysis.config import ReportConfig, register_configs
 from analysis.correlations import correlation_table
 from analysis.descriptives import criterion_summary, setting_summary
 from analysis.mixed_models import mixed_models_table
-from analysis.ratings import RatingsError, load_ratings
+from analysis.ratings import load_ratings
 from analysis.reliability import reliability_table
 from analysis.run_data import RunData, RunError, load_run
 from experiments.paths import conf_path
-from analysis.tables import TableFiles, atomic_write_text, markdown_table, write_table
+from analysis.tables import TableFiles, markdown_table, write_table
+from experiments.errors import HarnessInputError
+from experiments.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ class Report:
 
     def write(self) -> Path:
         path = self.out_dir / self.name
-        atomic_write_text(path, "\n\n".join(self.parts) + "\n")
+        write_atomic(path, "\n\n".join(self.parts) + "\n")
         return path
 
 
@@ -174,7 +176,8 @@ def _ratings_sections(report: Report, run: RunData, ratings: pd.DataFrame, confi
     report.table(models, "mixed_models",
                  f"criterion ~ predictor with {random_part} (statsmodels MixedLM, REML); Wald z tests; "
                  f"{config.confidence:.0%} CIs. R2 after Nakagawa & Schielzeth (fixed part X*beta only); "
-                 f"*_paper = the paper's helper (fitted values incl. random effects). "
+                 f"*_paper = as the paper's helper: var of fitted values incl. random effects, cov_re, "
+                 f"var of residuals (ddof=1). "
                  f"Correction: {models['correction'].iloc[0]}.")
 
     story_means = joined.groupby("story_id")[criteria].mean().reset_index().merge(
@@ -210,7 +213,8 @@ def build_report(config: ReportConfig) -> Path:
 
 
 def report_for_run(run_dir: str | Path, ratings: str | Path | None = None, **options) -> Path:
-    """The report with default options, for code that is not a Hydra app (the demo job ends with this)."""
+    """The report with default options, for Python callers that are not a Hydra app (tests, notebooks);
+    the demo job runs the same report as ``python -m analysis.report run_dir=...``."""
     config = ReportConfig(run_dir=str(run_dir), ratings=str(ratings) if ratings else None,
                           out_dir=str(Path(run_dir) / "report"), **options)
     return build_report(config)
@@ -224,7 +228,7 @@ def main(cfg: DictConfig) -> None:
     config: ReportConfig = OmegaConf.to_object(cfg)
     try:
         path = build_report(config)
-    except (RunError, RatingsError) as error:
+    except HarnessInputError as error:  # any bad input: run, ratings, metrics files
         raise SystemExit(f"error: {error}") from None
     print(path)
 

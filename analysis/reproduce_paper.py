@@ -34,15 +34,16 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from analysis import figures, paper_published
-from analysis.config import ReproducePaperConfig, register_configs
+from analysis.config import AnalysisInputError, ReproducePaperConfig, register_configs
 from analysis.descriptives import criterion_summary
 from analysis.mixed_models import mixed_models_table
-from analysis.ratings import RatingsError, load_ratings
+from analysis.ratings import load_ratings
 from analysis.reliability import reliability_table
 from analysis.report import Report, fenced_block
 from analysis.run_data import exemplar_points
 from experiments.paths import conf_path
-from analysis.tables import atomic_write_text
+from experiments.errors import HarnessInputError
+from experiments.files import write_atomic
 from metrics.config import EditUnit, MetricName, MetricsConfig
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ COMPARED_EDIT_UNITS = (EditUnit.word, EditUnit.char)
 REPRODUCED_TOLERANCE = 1e-3
 
 
-class PaperDataError(ValueError):
+class PaperDataError(AnalysisInputError):
     """The paper folder is missing a file or its files disagree."""
 
 
@@ -292,7 +293,7 @@ def reproduce(config: ReproducePaperConfig) -> Path:
     report.table(story_metrics, "story_metrics",
                  "The rated stories with temperature and the re-measured metrics (against exemplar.txt).")
     if sidecar:
-        atomic_write_text(out_dir / "story_metrics.json", json.dumps(sidecar, indent=2, default=str))
+        write_atomic(out_dir / "story_metrics.json", json.dumps(sidecar, indent=2, default=str))
     report_comparison(report, ratings, criteria, edit_units)
 
     report.text("## Figures")
@@ -327,7 +328,7 @@ def main(cfg: DictConfig) -> None:
     config: ReproducePaperConfig = OmegaConf.to_object(cfg)
     try:
         path = reproduce(config)
-    except (PaperDataError, RatingsError) as error:
+    except HarnessInputError as error:  # any bad input: paper folder, ratings, the metrics stage
         raise SystemExit(f"error: {error}") from None
     out_dir = Path(config.out_dir)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 4):

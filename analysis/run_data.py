@@ -11,12 +11,13 @@ from typing import Sequence
 
 import pandas as pd
 
+from analysis.config import AnalysisInputError
 from experiments.store import story_table
 
 log = logging.getLogger(__name__)
 
 
-class RunError(ValueError):
+class RunError(AnalysisInputError):
     """A run directory that cannot be analysed."""
 
 

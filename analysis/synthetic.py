@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.tables import atomic_write_text
+from experiments.files import write_atomic
 
 WORDS = "the a girl boy forest tree path light river old village night star voice door".split()
 NOVELTY_SLOPE = 0.4  # per unit temperature, the true fixed effect in the synthetic ratings
@@ -48,7 +48,7 @@ def build_synthetic_run(
         setting_id = _setting_id(setting)
         job_dir = run_dir / "jobs" / setting_id
         job_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(job_dir / "config.yaml",
+        write_atomic(job_dir / "config.yaml",
                           "sampling:\n" + "".join(f"  {k}: {v}\n" for k, v in setting.items())
                           + "backend:\n  name: synthetic\nprompt:\n  id: paper\n")
         spread = temperature * top_p
@@ -83,7 +83,7 @@ def build_synthetic_run(
                       mean_pairwise_cos_dist=("pca_x", "std"), distinct_2=("prototype_edit_dist_norm", "mean"))
                  .reset_index())
     diversity.to_parquet(run_dir / "diversity.parquet", index=False)
-    atomic_write_text(run_dir / "metrics.json", json.dumps({
+    write_atomic(run_dir / "metrics.json", json.dumps({
         "metrics": {"perplexity": "synthetic", "prototype_cos_sim": "synthetic"},
         "pca": {"explained_variance_ratio": [0.4, 0.2], "exemplar_coordinates": {"prototype": [0.0, 0.0]}},
     }, indent=2))

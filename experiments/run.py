@@ -23,9 +23,10 @@ from omegaconf import OmegaConf
 
 from experiments.backends import Backend, FailedStory, StoryRequest, backend_class
 from experiments.config import GenerateConfig
+from experiments.files import utc_now, write_atomic
 from experiments.identity import canonical_json, setting_id, setting_of, story_id, story_seed
 from experiments.manifest import harness_version, package_versions
-from experiments.store import StoryStore, utc_now
+from experiments.store import StoryStore
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +193,9 @@ def _start_job(job_dir: Path, plan: SettingPlan) -> dict[str, Any]:
     """Write the setting's resolved config and open a run record in its manifest."""
     job_dir.mkdir(parents=True, exist_ok=True)
     if plan.resolved_config is not None:
-        _write_atomic(job_dir / "config.yaml", plan.resolved_config)
+        write_atomic(job_dir / "config.yaml", plan.resolved_config)
     else:
-        _write_atomic(job_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(plan.config)))
+        write_atomic(job_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(plan.config)))
     manifest_path = job_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {
         "setting_id": plan.setting_id,
@@ -219,7 +220,7 @@ def _start_job(job_dir: Path, plan: SettingPlan) -> dict[str, Any]:
         "pid": os.getpid(),
     }
     manifest["runs"].append(record)
-    _write_atomic(manifest_path, json.dumps(manifest, indent=2))
+    write_atomic(manifest_path, json.dumps(manifest, indent=2))
     return record
 
 
@@ -230,10 +231,5 @@ def _finish_job(job_dir: Path, record: dict[str, Any], written: int) -> None:
         if run["started_at"] == record["started_at"] and run["pid"] == record["pid"]:
             run["finished_at"] = utc_now()
             run["generated"] = written
-    _write_atomic(manifest_path, json.dumps(manifest, indent=2))
+    write_atomic(manifest_path, json.dumps(manifest, indent=2))
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -13,12 +13,13 @@ import json
 import logging
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Container, Iterable, Iterator, Optional
 
 from filelock import FileLock
+
+from experiments.errors import HarnessInputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 STORIES_FILE = "stories.jsonl"
 
 
-class StoreError(ValueError):
+class StoreError(HarnessInputError):
     """A story store that cannot be read as the contract says."""
 
 
@@ -180,13 +181,6 @@ class StoryStore:
                 self._offset = handle.tell()
             self._ids.add(story["story_id"])
         return True
-
-    def extend(self, stories: Iterable[dict[str, Any]]) -> int:
-        return sum(self.append(story) for story in stories)
-
-
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 # ---------------------------------------------------------------- the store as a table

@@ -4,7 +4,7 @@
     python -m metrics.compute stories=../shared/paper/survey_stories \\
         exemplar=../shared/paper/exemplar.txt out_dir=outputs/survey_metrics
 
-writes, each atomically (temp file, then ``os.replace``):
+writes, each atomically (``experiments.files``: temp file, then ``os.replace``):
 
 - ``metrics.parquet``: ``story_id`` plus one column per metric;
 - one file per setting-level family (``diversity.parquet``): one row per
@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
@@ -40,9 +39,9 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.files import atomic_path, utc_now, write_atomic
 from experiments.manifest import harness_version, package_versions
 from experiments.paths import conf_path
-from experiments.store import utc_now
 from metrics import registry
 from metrics.cache import ContentCache
 from metrics.config import ComputeMetricsConfig, MetricsConfig, register_configs
@@ -422,16 +421,6 @@ def _prototypes_for(config: ComputeMetricsConfig,
     return exemplars, [index_of_group.get(g) for g in groups], reason, source
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _parquet_ready(frame: pd.DataFrame) -> pd.DataFrame:
     """Object columns holding several types (untrusted metadata) become strings, so Arrow accepts them."""
     frame = frame.copy()
@@ -478,15 +467,15 @@ def compute_metrics(config: ComputeMetricsConfig) -> dict[str, Path]:
                          **{field: measurement.exemplar_values.get(field, {}).get(e.exemplar_id) for field in fields},
                          "text": e.text} for e in measurement.exemplars]
 
-    _write_atomic(paths["metrics"], lambda tmp: measurement.story_metrics.to_parquet(tmp, index=False))
+    with atomic_path(paths["metrics"]) as tmp:
+        measurement.story_metrics.to_parquet(tmp, index=False)
     for name, table in measurement.settings.items():
-        ready = _parquet_ready(table)
-        _write_atomic(paths[name], lambda tmp: ready.to_parquet(tmp, index=False))
-    _write_atomic(paths["exemplars"], lambda tmp: tmp.write_text(
-        json.dumps(_plain(exemplar_records), indent=1, ensure_ascii=False, allow_nan=False), encoding="utf-8"))
+        with atomic_path(paths[name]) as tmp:
+            _parquet_ready(table).to_parquet(tmp, index=False)
+    write_atomic(paths["exemplars"], json.dumps(_plain(exemplar_records), indent=1, ensure_ascii=False,
+                                                allow_nan=False))
     # The sidecar last: it describes the files above.
-    _write_atomic(paths["sidecar"], lambda tmp: tmp.write_text(
-        json.dumps(_plain(sidecar), indent=1, ensure_ascii=False, allow_nan=False), encoding="utf-8"))
+    write_atomic(paths["sidecar"], json.dumps(_plain(sidecar), indent=1, ensure_ascii=False, allow_nan=False))
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return paths
 

@@ -10,27 +10,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from functools import partial
+from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-
-class ConfigError(ValueError):
-    """A configuration value outside what is allowed."""
+from experiments.errors import HarnessInputError, check, member
 
 
-def _check(condition: bool, field_name: str, value: Any, allowed: str) -> None:
-    if not condition:
-        raise ConfigError(f"{field_name}={value!r} is not allowed: {allowed}")
+class MetricsInputError(HarnessInputError):
+    """The metrics stage's bad input: a configuration value outside what is allowed, or an unreadable
+    story or exemplar file (``metrics.inputs.InputError``)."""
 
 
-def _enum(kind: type[Enum], value: Any, field_name: str) -> Any:
-    """``value`` as a member of ``kind`` (configs built in Python may pass plain strings)."""
-    try:
-        return kind(value)
-    except ValueError:
-        raise ConfigError(f"{field_name}={value!r} is not allowed: one of {[m.value for m in kind]}") from None
+_check = partial(check, error=MetricsInputError)
+_enum = partial(member, error=MetricsInputError)  # configs built in Python may pass plain strings
 
 
 class MetricName(str, Enum):

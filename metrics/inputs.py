@@ -29,6 +29,7 @@ import pandas as pd
 
 from experiments.config import SamplingConfig
 from experiments.store import STORIES_FILE, StoreError, story_table
+from metrics.config import MetricsInputError
 from metrics.text import LONE_SURROGATE, replace_lone_surrogates
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ SAMPLING_PARAMETERS = [f.name for f in dataclasses.fields(SamplingConfig) if f.n
 SPREADSHEET_GUARD = "'"
 
 
-class InputError(ValueError):
+class InputError(MetricsInputError):
     """Input that the metrics stage cannot read as documented."""
 
 

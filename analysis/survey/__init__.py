@@ -8,9 +8,9 @@ module of :mod:`analysis.survey.formats`, listed in its ``FORMATS``; the
 criteria asked about come from :mod:`analysis.criteria`.
 """
 
-from analysis.survey.config import ExportConfig, ImportConfig, SurveyError
+from analysis.survey.config import ExportConfig, ImportConfig, SurveyError, SurveyInputError
 
-__all__ = ["ExportConfig", "ImportConfig", "SurveyError", "export_survey", "import_ratings"]
+__all__ = ["ExportConfig", "ImportConfig", "SurveyError", "SurveyInputError", "export_survey", "import_ratings"]
 
 
 def export_survey(config: ExportConfig):

@@ -23,7 +23,8 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from analysis.survey.config import ExportConfig, ImportConfig, SurveyError, register_configs
+from analysis.survey.config import ExportConfig, ImportConfig, register_configs
+from experiments.errors import HarnessInputError
 from experiments.paths import conf_dir
 
 CONF_DIR = conf_dir()
@@ -81,7 +82,7 @@ def run(argv: list[str]) -> int:
                   f"{ratings['participant_id'].nunique()} participants of {ratings['story_id'].nunique()} stories; "
                   f"{len(result.exclusions)} row(s) excluded")
             print(f"  wrote {result.out}")
-    except (SurveyError, HydraException, OmegaConfBaseException) as error:
+    except (HarnessInputError, HydraException, OmegaConfBaseException) as error:  # the survey's, the store's
         print(f"error: {explain(error, command)}", file=sys.stderr)
         return 2
     return 0

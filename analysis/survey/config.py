@@ -13,30 +13,25 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Optional
+from functools import partial
+from typing import Optional
 from urllib.parse import urlsplit
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from analysis.criteria import SCALE
+from experiments.errors import HarnessInputError, check, member
 
 
-class SurveyError(ValueError):
-    """Bad survey input or configuration; the message names the file, row, field or value."""
+class SurveyInputError(HarnessInputError):
+    """The survey's bad input or configuration; the message names the file, row, field or value."""
 
 
-def _check(condition: bool, field_name: str, value: Any, allowed: str) -> None:
-    if not condition:
-        raise SurveyError(f"{field_name}={value!r} is not allowed: {allowed}")
+SurveyError = SurveyInputError  # the name the survey modules use
 
-
-def _choice(enum: type[Enum], field_name: str, value: Any) -> Enum:
-    """The enum member for a value (Hydra gives members; Python callers may give the plain string)."""
-    try:
-        return enum(value)
-    except ValueError:
-        raise SurveyError(f"{field_name}={value!r} is not allowed: one of {', '.join(m.value for m in enum)}") from None
+_check = partial(check, error=SurveyInputError)
+_choice = partial(member, error=SurveyInputError)
 
 
 class ShortSettings(str, Enum):
@@ -103,7 +98,7 @@ class ExportConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        self.short_settings = _choice(ShortSettings, "short_settings", self.short_settings)
+        self.short_settings = _choice(ShortSettings, self.short_settings, "short_settings")
         _check(self.participants >= 1, "participants", self.participants, "an integer >= 1")
         _check(self.stories_per_participant >= 1, "stories_per_participant", self.stories_per_participant,
                "an integer >= 1")
@@ -140,10 +135,10 @@ class ImportConfig:
         from analysis.survey.formats import names  # the registry imports this module
 
         _check(self.format in ("auto", *names()), "format", self.format, f"one of auto, {', '.join(names())}")
-        self.delimiter = _choice(Delimiter, "delimiter", {",": "comma", ";": "semicolon", "\t": "tab"}.get(
-            self.delimiter, self.delimiter))
-        self.decimal = _choice(DecimalMark, "decimal", {".": "point", ",": "comma"}.get(self.decimal, self.decimal))
-        self.on_invalid = _choice(OnInvalid, "on_invalid", self.on_invalid)
+        self.delimiter = _choice(Delimiter, {",": "comma", ";": "semicolon", "\t": "tab"}.get(
+            self.delimiter, self.delimiter), "delimiter")
+        self.decimal = _choice(DecimalMark, {".": "point", ",": "comma"}.get(self.decimal, self.decimal), "decimal")
+        self.on_invalid = _choice(OnInvalid, self.on_invalid, "on_invalid")
         _check(math.isfinite(self.scale_min) and math.isfinite(self.scale_max) and self.scale_min < self.scale_max,
                "scale_min/scale_max", (self.scale_min, self.scale_max), "finite numbers with scale_min < scale_max")
 

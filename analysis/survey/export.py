@@ -30,9 +30,10 @@ import pandas as pd
 from analysis.survey.blinding import Survey, blind
 from analysis.survey.config import ExportConfig, SurveyError
 from analysis.survey.design import STORY_FIELDS, assign, balance_report, select_stories
-from analysis.survey.files import csv_text, write_all_atomic
+from analysis.survey.files import csv_text
 from analysis.survey.formats import FORMATS
 from analysis.survey.formats.base import PARTICIPANT_DIR, RESEARCHER_DIR
+from experiments.files import write_all_atomic
 from experiments.store import stories_frame
 
 log = logging.getLogger(__name__)

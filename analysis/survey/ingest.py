@@ -23,12 +23,13 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.survey.config import ImportConfig, OnInvalid, SurveyError
-from analysis.survey.files import csv_text, write_all_atomic
+from analysis.survey.files import csv_text
 from analysis.survey.formats import SurveyFormat
 from analysis.survey.formats.base import KNOWN_COLUMNS
 from analysis.survey.importers import COVARIATES, read_ratings_input, read_table
 from analysis.survey.questions import CRITERION_NAMES
 from analysis.survey.validation import SCALE_COVARIATES, apply_rule, find_problems
+from experiments.files import write_all_atomic
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import MissingMandatoryValue
 
 from metrics.compute import to_typed
-from metrics.config import ComputeMetricsConfig, ConfigError, EditUnit, MetricName, Pooling
+from metrics.config import ComputeMetricsConfig, EditUnit, MetricName, MetricsInputError, Pooling
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -53,7 +53,7 @@ def test_mistakes_fail_at_composition(override):
     ("metrics.workers=0", "metrics.workers=0"),
 ])
 def test_out_of_range_values_fail_before_any_work(override, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+    with pytest.raises(MetricsInputError, match=message.replace("[", r"\[")):
         to_typed(_compose("stories=s", "out_dir=o", override))
 
 
