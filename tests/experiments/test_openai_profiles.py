@@ -1,21 +1,18 @@
-"""The OpenAI-compatible backend's pure parts: profiles, request bodies, prompt routing, retry timing.
+"""The OpenAI-compatible backend's pure parts: profiles, request parameters, prompt routing, config checks.
 
-No server here: tests/integration/test_openai_backend.py runs a real one.
+No server here: tests/integration/test_openai_backend.py runs a real one. Errors and retries are tested in
+tests/experiments/backends/test_openai_retry.py, request bodies in test_openai_requests.py next to it.
 """
 
 from __future__ import annotations
 
 import json
-import random
-import threading
-import time
 
 import pytest
 from hydra.errors import ConfigCompositionException
 
 from experiments.backends.base import used_parameters
-from experiments.backends.openai_backend import (OpenAIBackend, RequestPacer, RetryPolicy, _server_detail,
-                                                 redact_url, retry_after_seconds)
+from experiments.backends.openai_backend import OpenAIBackend, redact_url
 from experiments.backends.openai_profiles import (PROFILES, profile_of, request_parameters,
                                                   server_defaults_in_effect, unaccepted_parameters)
 from experiments.config import ConfigError, Endpoint, OpenAIBackendConfig, PromptConfig, SamplingConfig
@@ -148,51 +145,6 @@ def test_redact_url_drops_credentials_and_query():
     assert redact_url("https://me:secret@api.example.com:8443/v1/?api-key=k") == "https://api.example.com:8443/v1"
 
 
-def test_backoff_grows_with_jitter_and_never_undercuts_retry_after():
-    policy, rng = RetryPolicy(max_retries=6, base_s=1.0, max_s=8.0), random.Random(0)
-    for retry in range(6):
-        nominal = min(8.0, 2.0 ** retry)
-        delays = [policy.delay(retry, None, rng) for _ in range(200)]
-        assert nominal / 2 <= min(delays) and max(delays) <= nominal and len(set(delays)) > 100
-    assert all(policy.delay(0, 5.0, rng) >= 5.0 for _ in range(50))
-    assert policy.delay(5, 0.1, rng) >= 4.0  # a short Retry-After does not shorten the backoff
-
-
-def test_retry_after_headers_in_seconds_milliseconds_and_http_dates():
-    import email.utils
-
-    assert retry_after_seconds({"retry-after": "3"}) == 3.0
-    assert retry_after_seconds({"retry-after-ms": "250"}) == 0.25
-    in_ten = email.utils.formatdate(time.time() + 10, usegmt=True)
-    assert 8 <= retry_after_seconds({"retry-after": in_ten}) <= 10
-    assert retry_after_seconds({"retry-after": "soon"}) is None and retry_after_seconds({}) is None
-
-
-def test_the_pacer_spaces_request_starts():
-    pacer, stop = RequestPacer(per_minute=1200), threading.Event()  # one every 0.05 s
-    started = time.monotonic()
-    for _ in range(5):
-        pacer.wait(stop)
-    assert time.monotonic() - started >= 0.19
-    unlimited = RequestPacer(None)
-    started = time.monotonic()
-    for _ in range(100):
-        unlimited.wait(stop)
-    assert time.monotonic() - started < 0.05
-
-
-@pytest.mark.parametrize("body,message,field", [
-    ({"error": {"message": "Unknown parameter: top_k", "param": "top_k", "type": "invalid_request_error"}},
-     "Unknown parameter: top_k", "top_k"),
-    ({"detail": [{"loc": ["body", "mirostat_tau"], "msg": "Input should be less than or equal to 10", "input": 20}]},
-     "mirostat_tau: Input should be less than or equal to 10 (got 20)", "mirostat_tau"),
-    ({"detail": "Invalid API key"}, "Invalid API key", None),
-    ("plain text", "plain text", None),
-])
-def test_server_error_bodies_give_a_message_and_the_refused_field(body, message, field):
-    assert _server_detail(body) == (message, field)
-
-
 def test_the_yaml_composes_and_typos_fail_at_composition(compose_config):
     typed = to_typed(compose_config("backend=openai", "prompt=paper_llama2_raw"))
     assert typed.backend.profile == "llamacpp" and typed.backend.endpoint == Endpoint.auto
@@ -227,22 +179,3 @@ def test_a_key_pasted_as_the_variable_name_is_refused_without_being_echoed(compo
     with pytest.raises(ConfigError) as error:
         to_typed(compose_config("backend=openai", "prompt=paper_llama2_raw", "backend.api_key_env=sk-SECRET-1"))
     assert "NAME of an environment variable" in str(error.value) and "SECRET" not in str(error.value)
-
-
-def test_pydantic_errors_reported_in_a_message_name_the_field():
-    message = ("1 validation error:\n  {'type': 'less_than_equal', 'loc': ('body', 'mirostat_tau'), "
-               "'msg': 'Input should be less than or equal to 10', 'input': 20, 'ctx': {'le': 10.0}}")
-    assert _server_detail({"message": message, "type": "internal_server_error", "param": None}) == \
-        ("mirostat_tau: Input should be less than or equal to 10 (got 20)", "mirostat_tau")
-
-
-@pytest.mark.parametrize("profile,status,message,permanent", [
-    ("vllm", 400, "bad", True), ("vllm", 401, "key", True), ("vllm", 404, "model", True), ("vllm", 422, "x", True),
-    ("vllm", 408, "slow", False), ("vllm", 409, "busy", False), ("vllm", 429, "rate", False),
-    ("vllm", 500, "1 validation error: ...", False), ("vllm", 503, "busy", False),
-    # llama-cpp-python's server answers 500 for a field out of its range.
-    ("llamacpp", 500, "1 validation error:\n  {...}", True), ("llamacpp", 500, "CUDA out of memory", False),
-])
-def test_which_errors_are_permanent(profile, status, message, permanent):
-    backend = OpenAIBackend(OpenAIBackendConfig(profile=profile))
-    assert backend._is_permanent(status, {"message": message}) is permanent

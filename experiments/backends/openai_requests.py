@@ -1,0 +1,93 @@
+"""What one story's request to an OpenAI-compatible server carries, and what its response becomes.
+
+The body is the model name, the prompt (chat messages, or one raw string for
+the completions endpoint) and the setting's parameters as the profile names
+them (``openai_profiles.request_parameters``, plus the story's seed). The
+prompt stored with a story is exactly the prompt sent: a raw prompt
+verbatim, or the chat messages as canonical JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from experiments.backends.base import GeneratedStory, StoryRequest
+from experiments.backends.openai_profiles import Profile, RequestParameters
+from experiments.config import BackendConfig, ConfigError, Endpoint, PromptConfig
+from experiments.identity import canonical_json
+
+
+def endpoint_for(prompt: PromptConfig, backend: BackendConfig) -> Endpoint:
+    """The endpoint a prompt goes to: backend.endpoint, or with ``auto`` the one its form needs."""
+    endpoint = Endpoint(backend.endpoint)
+    if endpoint == Endpoint.auto:
+        return Endpoint.completions if prompt.raw is not None else Endpoint.chat
+    return endpoint
+
+
+def check_prompt(prompt: PromptConfig, endpoint: Endpoint, profile: Profile) -> None:
+    """Refuse a prompt this endpoint of this server cannot be sent as configured."""
+    if prompt.raw is not None and endpoint == Endpoint.chat:
+        raise ConfigError(f"prompt {prompt.id!r} is a raw string, which only the completions endpoint sends; "
+                          "set backend.endpoint=completions (or auto)")
+    if prompt.raw is None and endpoint == Endpoint.completions:
+        raise ConfigError(
+            f"prompt {prompt.id!r} has chat messages, but backend.endpoint=completions sends one raw string and "
+            "the server's chat template is not known here; use backend.endpoint=chat (or auto), or a raw "
+            "prompt (prompt.raw)")
+    if endpoint == Endpoint.chat and prompt.assistant_prefix and profile.prefill is None:
+        raise ConfigError(
+            f"prompt {prompt.id!r} starts the assistant's turn with {prompt.assistant_prefix!r} "
+            f"(prompt.assistant_prefix), which the chat endpoint of profile {profile.name!r} cannot continue; "
+            "set prompt.assistant_prefix='' or send a raw prompt through the completions endpoint "
+            "(e.g. prompt=paper_llama2_raw)")
+
+
+def prompt_text(prompt: PromptConfig, endpoint: Endpoint) -> str:
+    """A raw prompt verbatim, or the chat messages sent, as JSON (with the assistant prefix, if any)."""
+    if endpoint == Endpoint.completions:
+        return prompt.raw
+    messages = [dict(message) for message in prompt.messages]
+    if prompt.assistant_prefix:
+        messages.append({"role": "assistant", "content": prompt.assistant_prefix})
+    return canonical_json(messages)
+
+
+def continues_assistant(text: str, endpoint: Endpoint) -> bool:
+    """Whether a prompt made by ``prompt_text`` asks the server to continue a final assistant message."""
+    return endpoint == Endpoint.chat and json.loads(text)[-1]["role"] == "assistant"
+
+
+def send(client: Any, model: str, endpoint: Endpoint, text: str, parameters: RequestParameters) -> Any:
+    """One request through the openai client; its body is ``{model, messages|prompt, **parameters.sent()}``."""
+    extra_body = parameters.extra_body or None
+    if endpoint == Endpoint.chat:
+        return client.chat.completions.create(model=model, messages=json.loads(text), extra_body=extra_body,
+                                              **parameters.standard)
+    return client.completions.create(model=model, prompt=text, extra_body=extra_body, **parameters.standard)
+
+
+def story_from_response(request: StoryRequest, endpoint: Endpoint, response: Any, latency: float,
+                        parameters: RequestParameters, attempts: int) -> GeneratedStory:
+    """The story in a chat or completions response, with what was sent and what the server said it ran."""
+    choice = response.choices[0]
+    logprobs = None
+    if endpoint == Endpoint.chat:
+        text = choice.message.content or ""
+        if choice.logprobs is not None and choice.logprobs.content:
+            logprobs = [token.logprob for token in choice.logprobs.content]
+    else:
+        text = choice.text
+        if choice.logprobs is not None and choice.logprobs.token_logprobs is not None:
+            logprobs = list(choice.logprobs.token_logprobs)
+    if logprobs is not None:
+        logprobs = [float("nan") if value is None else float(value) for value in logprobs]  # stored as null
+    usage = response.usage
+    n_tokens = usage.completion_tokens if usage is not None else (len(logprobs) if logprobs is not None else 0)
+    return GeneratedStory(
+        request=request, text=text, n_tokens=n_tokens, finish_reason=choice.finish_reason or "unknown",
+        token_logprobs=logprobs, latency_s=latency, sent_parameters=parameters.sent(),
+        server_response={"model": response.model,
+                         "system_fingerprint": getattr(response, "system_fingerprint", None),
+                         "attempts": attempts})
