@@ -111,6 +111,9 @@ class HFBackend(Backend):
         end_set = set(self.end_ids)
         cache = DynamicCache()
 
+        def choose(*rows):
+            return choose_tokens(transform, sampling.temperature, *rows)
+
         with torch.inference_mode():
             # Every story of the batch has the same prompt: encode it once, then
             # give each row its own copy of that cache.
@@ -123,7 +126,6 @@ class HFBackend(Backend):
                                             for index in active])
                 # Reductions over the vocabulary (softmax, logsumexp) also pick
                 # their kernel by shape, so they too run on fixed-size row tiles.
-                choose = lambda *rows: choose_tokens(transform, sampling.temperature, *rows)  # noqa: E731
                 tokens, token_logprobs = (map_row_tiles(choose, generated, logits, uniforms)
                                           if self.config.batch_invariant else choose(generated, logits, uniforms))
                 token_logprobs = token_logprobs.tolist()
