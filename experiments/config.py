@@ -164,6 +164,7 @@ class ServerProfile(str, Enum):
     openai = "openai"
     vllm = "vllm"
     llamacpp = "llamacpp"
+    llamacpp_server = "llamacpp_server"
     ollama = "ollama"
 
 

@@ -131,23 +131,23 @@ def gguf_chat_metadata(path: Path) -> dict[str, Any]:
     }
 
 
-def load_transformers_causal_lm(gguf_path: Path, dtype: str = "float32"):
-    """A transformers model and tokenizer for a GGUF file, on the CPU, in eval mode.
+def converted_transformers_dir(gguf_path: Path, dtype: str = "float32") -> Path:
+    """A folder of transformers weights (safetensors, config, tokenizer) de-quantised from a GGUF file.
 
     De-quantising a GGUF takes tens of seconds, so the converted weights are
-    saved once under the cache, keyed by the file's hash, and reloaded from
-    there; a file lock keeps concurrent jobs from converting twice.
+    saved once under the cache, keyed by the file's hash and the dtype, and
+    reused: by the hf backend and by ``scripts/serve vllm``, which serves the
+    same weights. A file lock keeps concurrent jobs from converting twice.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = getattr(torch, dtype)
     converted = cache_dir() / "transformers" / f"{file_sha256(gguf_path)[:16]}-{dtype}"
     with FileLock(str(converted) + ".lock"):
         if not (converted / "config.json").exists():
             log.info("converting %s to transformers weights (once) into %s", gguf_path.name, converted)
             model = AutoModelForCausalLM.from_pretrained(
-                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch_dtype)
+                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=getattr(torch, dtype))
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
             # The weights are already de-quantised; dropping the GGUF quantiser
             # marker lets transformers save them as plain safetensors.
@@ -157,6 +157,16 @@ def load_transformers_causal_lm(gguf_path: Path, dtype: str = "float32"):
             with atomic_path(converted, directory=True) as tmp:
                 model.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
+    return converted
+
+
+def load_transformers_causal_lm(gguf_path: Path, dtype: str = "float32"):
+    """A transformers model and tokenizer for a GGUF file, on the CPU, in eval mode (see converted_transformers_dir)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = getattr(torch, dtype)
+    converted = converted_transformers_dir(gguf_path, dtype)
     model = AutoModelForCausalLM.from_pretrained(str(converted), dtype=torch_dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(converted))
     model.eval()

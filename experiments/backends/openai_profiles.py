@@ -19,7 +19,12 @@ so in ``server_defaults_apply``, which the backend logs and records in the
 manifest.
 
 The tables reflect each server's documented OpenAI-compatible API as of
-2025/26 (vLLM >= 0.6, llama-cpp-python 0.3, Ollama >= 0.5, OpenAI's API).
+2025/26 (vLLM >= 0.6, llama-cpp-python 0.3, llama.cpp's llama-server b11434,
+Ollama >= 0.5, OpenAI's API). ``llamacpp`` is llama-cpp-python's server and
+``llamacpp_server`` llama.cpp's own: the same sampler names, but llama-server
+also takes typical_p and the penalty window per request, names Mirostat
+``mirostat``, continues an assistant prefix, decodes requests in parallel and
+echoes the settings it applied.
 """
 
 from __future__ import annotations
@@ -59,6 +64,15 @@ class Profile:
     # Error messages that mean "bad request" whatever the status says (a server that
     # answers 500 for an invalid field would otherwise be retried as if it were busy).
     bad_request_messages: tuple[str, ...] = ()
+    # What a request carries to get token log-probs back, per endpoint (only the chosen token's are read).
+    logprobs_request: Mapping[Endpoint, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType(
+        {Endpoint.chat: MappingProxyType({"logprobs": True}), Endpoint.completions: MappingProxyType({"logprobs": 1})}))
+    # extra_body that makes the server echo the sampler settings it applied, and where the response has them
+    # (a path of keys); None: the server does not say.
+    request_echo: Optional[Mapping[str, Any]] = None
+    # The continued assistant message comes back whole, the prefix included (llama-server), not just what follows.
+    prefill_echoes_prefix: bool = False
+    echo_path: tuple[str, ...] = ()
     notes: str = ""
 
 
@@ -127,10 +141,45 @@ PROFILES: Mapping[str, Profile] = MappingProxyType({
         server_defaults_apply=("repeat_last_n",),
         # It reports a field out of its range (pydantic) as HTTP 500 "N validation error(s): ...".
         bad_request_messages=(r"^\d+ validation errors?\b",),
-        notes="llama-cpp-python's server (python -m llama_cpp.server); llama.cpp's llama-server takes the same "
-              "names. One request at a time per model; chat completions return no log-probs (completions do, "
+        notes="llama-cpp-python's server (python -m llama_cpp.server; llama.cpp's own llama-server is profile "
+              "llamacpp_server). One request at a time per model; chat completions return no log-probs (completions do, "
               "at a cost of about 0.1 s per token for a 49k vocabulary); it answers for any model name, so the "
               "backend checks GET /models first.",
+    ),
+    ServerProfile.llamacpp_server.value: Profile(
+        name="llamacpp_server",
+        fields=_fields(
+            **{**_OPENAI_FIELDS,
+               "presence_penalty": WireField("presence_penalty", neutral=0.0),
+               "frequency_penalty": WireField("frequency_penalty", neutral=0.0)},
+            # llama-server's own defaults are top_k 40, top_p 0.95, min_p 0.05 (common/common.h): sent as "off".
+            top_k=WireField("top_k", extra_body=True, neutral=0),
+            min_p=WireField("min_p", extra_body=True, neutral=0.0),
+            typical_p=WireField("typical_p", extra_body=True, neutral=1.0),
+            repetition_penalty=WireField("repeat_penalty", extra_body=True, neutral=1.0),
+            # Its default window (64) is the in-process llamacpp backend's too; it refuses -1 (HTTP 400).
+            repeat_last_n=WireField("repeat_last_n", extra_body=True),
+            mirostat_mode=WireField("mirostat", extra_body=True, neutral=0),
+            mirostat_tau=WireField("mirostat_tau", extra_body=True),
+            mirostat_eta=WireField("mirostat_eta", extra_body=True),
+            grammar=WireField("grammar", extra_body=True),
+        ),
+        max_tokens_field=MappingProxyType({Endpoint.chat: "max_tokens", Endpoint.completions: "max_tokens"}),
+        seed=True,
+        logprobs=True,
+        prefill=MappingProxyType({"continue_final_message": True, "add_generation_prompt": False}),
+        prefill_echoes_prefix=True,
+        # Chat's logprobs=true alone makes it compute the top 20 alternatives of every token.
+        logprobs_request=MappingProxyType({Endpoint.chat: MappingProxyType({"logprobs": True, "top_logprobs": 1}),
+                                           Endpoint.completions: MappingProxyType({"logprobs": 1})}),
+        # "verbose": the response carries __verbose.generation_settings, the sampler settings the slot ran.
+        request_echo=MappingProxyType({"verbose": True}),
+        echo_path=("__verbose", "generation_settings"),
+        notes="llama.cpp's llama-server: runs --parallel N requests at once, each with ctx/N tokens of context; "
+              "top_k, min_p, typical_p, repeat_penalty, repeat_last_n, mirostat and grammar through extra_body; "
+              "its log-probs are the raw (untempered) ones (post_sampling_probs off); the settings it applied "
+              "(generation_settings) are recorded with each story and checked against those sent. Out-of-range "
+              "values it clamps silently (top_p, min_p) are caught by that check.",
     ),
     ServerProfile.ollama.value: Profile(
         name="ollama",
@@ -211,9 +260,10 @@ def request_parameters(profile: Profile, sampling: SamplingConfig, endpoint: End
         (extra if wire.extra_body else standard)[wire.name] = value
     if logprobs and profile.logprobs:
         # Chat takes a flag; completions the number of alternatives per token (1: the chosen one).
-        standard["logprobs"] = True if endpoint == Endpoint.chat else 1
+        standard.update(profile.logprobs_request[endpoint])
     if prefill:
         extra.update(profile.prefill or {})
+    extra.update(profile.request_echo or {})
     return RequestParameters(standard, extra)
 
 

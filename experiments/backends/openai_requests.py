@@ -10,12 +10,16 @@ verbatim, or the chat messages as canonical JSON.
 from __future__ import annotations
 
 import json
-from typing import Any
+import logging
+import math
+from typing import Any, Optional
 
 from experiments.backends.base import GeneratedStory, StoryRequest
 from experiments.backends.openai_profiles import Profile, RequestParameters
 from experiments.config import BackendConfig, ConfigError, Endpoint, PromptConfig
 from experiments.identity import canonical_json
+
+log = logging.getLogger("experiments.backends.openai_backend")
 
 
 def endpoint_for(prompt: PromptConfig, backend: BackendConfig) -> Endpoint:
@@ -69,12 +73,17 @@ def send(client: Any, model: str, endpoint: Endpoint, text: str, parameters: Req
 
 
 def story_from_response(request: StoryRequest, endpoint: Endpoint, response: Any, latency: float,
-                        parameters: RequestParameters, attempts: int) -> GeneratedStory:
+                        parameters: RequestParameters, attempts: int,
+                        profile: Optional[Profile] = None) -> GeneratedStory:
     """The story in a chat or completions response, with what was sent and what the server said it ran."""
     choice = response.choices[0]
     logprobs = None
     if endpoint == Endpoint.chat:
         text = choice.message.content or ""
+        if profile is not None and profile.prefill_echoes_prefix and continues_assistant(request.prompt, endpoint):
+            # The story is what the model wrote after the prefix, as on every other backend.
+            prefix = json.loads(request.prompt)[-1]["content"]
+            text = text[len(prefix):] if text.startswith(prefix) else text
         if choice.logprobs is not None and choice.logprobs.content:
             logprobs = [token.logprob for token in choice.logprobs.content]
     else:
@@ -85,9 +94,60 @@ def story_from_response(request: StoryRequest, endpoint: Endpoint, response: Any
         logprobs = [float("nan") if value is None else float(value) for value in logprobs]  # stored as null
     usage = response.usage
     n_tokens = usage.completion_tokens if usage is not None else (len(logprobs) if logprobs is not None else 0)
+    server_response = {"model": response.model, "system_fingerprint": getattr(response, "system_fingerprint", None),
+                       "attempts": attempts}
+    applied = applied_settings(response, profile) if profile is not None else None
+    if applied is not None:
+        server_response["applied"] = applied
+        server_response["applied_differs"] = differing = settings_differing(parameters.sent(), applied)
+        for name, values in differing.items():
+            key = (name, repr(values))
+            if key not in _WARNED:  # once per field and value, not once per story
+                _WARNED.add(key)
+                log.warning("the server applied %s = %r where %r was sent (recorded with each story as "
+                            "server_response.applied_differs)", name, values["applied"], values["sent"])
     return GeneratedStory(
         request=request, text=text, n_tokens=n_tokens, finish_reason=choice.finish_reason or "unknown",
         token_logprobs=logprobs, latency_s=latency, sent_parameters=parameters.sent(),
-        server_response={"model": response.model,
-                         "system_fingerprint": getattr(response, "system_fingerprint", None),
-                         "attempts": attempts})
+        server_response=server_response)
+
+
+def applied_settings(response: Any, profile: Profile) -> Optional[dict[str, Any]]:
+    """The sampler settings the server says it ran (``profile.echo_path`` in the response), or None."""
+    if not profile.echo_path:
+        return None
+    found: Any = response.model_extra or {}  # the openai client keeps fields it does not know here
+    for key in profile.echo_path:
+        found = found.get(key) if isinstance(found, dict) else None
+    return dict(found) if isinstance(found, dict) else None
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+# Names under which an echo reports a sent field (llama-server: n_predict for max_tokens).
+_ECHO_ALIASES = {"max_tokens": "n_predict", "max_completion_tokens": "n_predict"}
+# Fields that are not sampler settings, or that a server rewrites on purpose (logprobs -> n_probs).
+_NOT_ECHOED = frozenset({"logprobs", "top_logprobs", "stop", "logit_bias", "grammar", "verbose",
+                         "continue_final_message", "add_generation_prompt"})
+
+
+def settings_differing(sent: dict[str, Any], applied: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Sent sampler fields the server applied with another value: {field: {"sent": .., "applied": ..}}.
+
+    Servers keep floats in single precision (0.95 comes back as 0.949999988), so
+    numbers are compared to a relative 1e-6; a server that clamps a value
+    into its range shows up here.
+    """
+    differing = {}
+    for name, value in sent.items():
+        echoed = _ECHO_ALIASES.get(name, name)
+        if name in _NOT_ECHOED or echoed not in applied:
+            continue
+        got = applied[echoed]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not isinstance(got, (int, float)):
+            same = value == got
+        else:
+            same = math.isclose(float(value), float(got), rel_tol=1e-6, abs_tol=1e-9)
+        if not same:
+            differing[name] = {"sent": value, "applied": got}
+    return differing

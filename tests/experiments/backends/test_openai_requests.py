@@ -16,7 +16,8 @@ import pytest
 from experiments.backends.base import StoryRequest
 from experiments.backends.openai_profiles import profile_of, request_parameters
 from experiments.backends.openai_requests import (continues_assistant, endpoint_for, prompt_text, send,
-                                                  story_from_response)
+                                                  settings_differing, story_from_response)
+from experiments.identity import canonical_json
 from experiments.config import Endpoint, OpenAIBackendConfig, PromptConfig, SamplingConfig
 
 MESSAGES = [{"role": "user", "content": "Write a story."}]
@@ -128,3 +129,27 @@ def test_a_chat_response_without_logprobs_content_or_finish_reason():
     parameters, answer = received(Endpoint.chat, bare, logprobs=False)
     story = story_from_response(REQUEST, Endpoint.chat, answer, 0.1, parameters, 1)
     assert (story.text, story.n_tokens, story.finish_reason, story.token_logprobs) == ("", 0, "unknown", None)
+
+
+def test_llama_server_echoes_what_it_applied_and_a_clamped_value_is_caught():
+    sent = {"temperature": 1.0, "top_p": 0.95, "max_tokens": 12, "top_k": 0, "logprobs": True, "verbose": True}
+    # llama-server keeps floats in single precision and reports max_tokens as n_predict.
+    applied = {"temperature": 1.0, "top_p": 0.949999988079071, "n_predict": 12, "top_k": 40, "n_probs": 1}
+    assert settings_differing(sent, applied) == {"top_k": {"sent": 0, "applied": 40}}
+
+
+def test_llama_server_returns_the_continued_message_whole_and_the_story_is_what_follows_the_prefix():
+    profile = profile_of("llamacpp_server")
+    messages = [{"role": "user", "content": "Write a story."}, {"role": "assistant", "content": "Once upon"}]
+    request = StoryRequest(story_id="s", sample_index=0, seed=1, prompt=canonical_json(messages))
+    parameters = request_parameters(profile, SamplingConfig(), Endpoint.chat, True, prefill=True)
+    assert parameters.extra_body["continue_final_message"] is True and parameters.extra_body["verbose"] is True
+    assert parameters.standard["top_logprobs"] == 1  # not llama-server's 20 alternatives per token
+    payload = json.loads(json.dumps(CHAT_RESPONSE))
+    payload["choices"][0]["message"]["content"] = "Once upon a time."
+    payload["__verbose"] = {"generation_settings": {"temperature": 1.0, "top_k": 0, "n_predict": 512}}
+    answer = send(client_receiving([], payload), "m", Endpoint.chat, request.prompt, parameters)
+    story = story_from_response(request, Endpoint.chat, answer, 0.1, parameters, 1, profile)
+    assert story.text == " a time."
+    assert story.server_response["applied"] == {"temperature": 1.0, "top_k": 0, "n_predict": 512}
+    assert story.server_response["applied_differs"] == {}
