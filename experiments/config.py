@@ -199,6 +199,11 @@ class OpenAIBackendConfig(BackendConfig):
     timeout_s: float = 600.0  # per request: a long story on a busy server takes minutes
     backoff_base_s: float = 1.0  # first retry after about this long, doubling each time
     backoff_max_s: float = 60.0
+    # A server that cannot be reached (connection refused or dropped, 502/503, GET /models not
+    # answering) is waited for, polling every server_poll_s, rather than spending each request's
+    # retries: a restart takes minutes for a large model. 0: no waiting.
+    server_wait_s: float = 300.0
+    server_poll_s: float = 2.0
 
     def __post_init__(self) -> None:
         p = "backend."
@@ -221,6 +226,10 @@ class OpenAIBackendConfig(BackendConfig):
                "a number of seconds > 0")
         _check(self.backoff_max_s >= self.backoff_base_s and _finite(self.backoff_max_s), p + "backoff_max_s",
                self.backoff_max_s, f"a number of seconds >= backend.backoff_base_s ({self.backoff_base_s})")
+        _check(self.server_wait_s >= 0 and _finite(self.server_wait_s), p + "server_wait_s", self.server_wait_s,
+               "a number of seconds >= 0 (0: do not wait for an unreachable server)")
+        _check(self.server_poll_s > 0 and _finite(self.server_poll_s), p + "server_poll_s", self.server_poll_s,
+               "a number of seconds > 0")
 
 
 @dataclass

@@ -13,10 +13,14 @@ model and the parameter). This class ties them together.
 
 Before the first story, the model name is checked against GET /models
 (llama-cpp-python's server would otherwise answer for any name with
-whatever it has loaded). A story still failing after its retries is yielded
-as a ``FailedStory`` (run.py lists them; running the same command again
-retries them); the stories not yet sent then fail at once rather than each
-waiting out its own retries on a server that is down.
+whatever it has loaded). A server that cannot be reached, then or later
+(killed, restarting, still loading its model), is waited for up to
+``backend.server_wait_s``, polling GET /models, by one thread for all of them
+(``server_waiter``); it comes back and the run resumes, without spending any
+request's retries. A story still failing after its retries, or after that
+wait, is yielded as a ``FailedStory`` (run.py lists them; running the same
+command again retries them); the stories not yet sent then fail at once
+rather than each waiting out its own retries on a server that is down.
 
 The API key is read from the environment when the backend loads and lives
 only in the client object: not in the config, the logs, the stories or the
@@ -40,6 +44,7 @@ from experiments.backends.openai_profiles import (Profile, RequestParameters, pr
                                                   server_defaults_in_effect, unaccepted_parameters)
 from experiments.backends.openai_retry import (RequestPacer, Retrier, RetriesExhausted, RetryPolicy, ServerDown,
                                                ServerRefused)
+from experiments.backends.server_waiter import ServerWaiter
 from experiments.backends.worker_threads import map_as_completed
 from experiments.config import (BackendConfig, ConfigError, Endpoint, OpenAIBackendConfig, PromptConfig,
                                 SamplingConfig)
@@ -50,6 +55,9 @@ log = logging.getLogger(__name__)
 # Local servers need no key, but the openai client insists on one.
 NO_KEY_PLACEHOLDER = "no-key"
 CONNECT_TIMEOUT_S = 10.0
+# GET /models while waiting for a server: a server that takes longer is "not answering" (hung, or
+# llama-cpp-python's, which answers /models only between two generations, still busy with one).
+PROBE_TIMEOUT_S = 15.0
 
 __all__ = ["OpenAIBackend", "ServerRefused", "ServerUnreachable", "redact_url"]
 
@@ -95,9 +103,12 @@ class OpenAIBackend(Backend):
         super().__init__(config)
         self.profile: Profile = profile_of(config.profile)
         self.base_url = redact_url(config.base_url)
+        # One waiter for all the worker threads: one of them polls, the others wait with it.
+        self.waiter = (ServerWaiter(self._answers, config.server_wait_s, config.server_poll_s, self._where())
+                       if config.server_wait_s > 0 else None)
         self.retrier = Retrier(RetryPolicy(config.max_retries, config.backoff_base_s, config.backoff_max_s),
                                RequestPacer(config.requests_per_minute), self.profile, self._where(),
-                               config.api_key_env)
+                               config.api_key_env, waiter=self.waiter)
         self._client = None
         self._server_model: Optional[dict[str, Any]] = None
         # Why the last generate() gave up on the server; the next one checks it is back first.
@@ -216,12 +227,30 @@ class OpenAIBackend(Backend):
             self._server_down = server_down.reason
 
     def _server_is_back(self) -> bool:
-        try:
-            self._client.models.list()
-        except Exception:  # noqa: BLE001 - any failure means "still down"
+        """One look, no waiting: the last generate() waited already (or spent its retries)."""
+        if not self._answers():
             return False
         log.info("%s answers again", self._where())
         self._server_down = None
+        if self.waiter is not None:
+            self.waiter.reset()  # it may go away again: then it is waited for again
+        return True
+
+    def _answers(self) -> bool:
+        """Whether GET /models gets an answer: any HTTP status but 5xx.
+
+        A 404 (a server without /models) or 401 answers too: the server is
+        up, and the request sent next says what is wrong. 5xx is a server
+        (or the proxy before it) that is not ready: 503 "Loading model".
+        """
+        import openai
+
+        try:
+            self._client.with_options(timeout=PROBE_TIMEOUT_S).models.list()
+        except openai.APIStatusError as error:
+            return error.status_code < 500
+        except openai.APIConnectionError:  # refused, dropped or timed out
+            return False
         return True
 
     def _story(self, request: StoryRequest, endpoint: Endpoint, parameters: RequestParameters,

@@ -14,6 +14,11 @@ kinds (``classify``):
   Raised at once as ``ServerRefused``, one line that names the server, the
   model and the parameter.
 
+A transient failure that may mean the server itself is gone (connection
+refused or dropped, 502, 503: ``Failure.unreachable``) first goes to the
+backend's ``ServerWaiter``, which waits for a restarting server to come back
+(``backend.server_wait_s``) without spending the request's retries.
+
 The first story of a run to exhaust its retries marks the server down
 (``ServerDown``); the other stories' retry loops then stop at their next
 failure rather than each waiting out its own retries on a server that is down.
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
 
 from experiments.backends.openai_profiles import Profile, wire_names
+from experiments.backends.server_waiter import Outcome, ServerWaiter
 from experiments.config import ConfigError
 from experiments.identity import canonical_json
 
@@ -48,7 +54,7 @@ class ServerRefused(ConfigError):
 
 
 class RetriesExhausted(Exception):
-    """A call still failing with transient errors after every retry."""
+    """A call still failing with transient errors after every retry, or after waiting for its server."""
 
     def __init__(self, reason: str, attempts: int, seconds: float):
         super().__init__(f"{reason} (gave up after {attempts} attempt(s) over {seconds:.1f} s)")
@@ -79,6 +85,16 @@ class Failure:
     permanent: bool
     reason: str  # one line: the status or connection error, and the server's message
     retry_after: Optional[float] = None  # seconds the server asked to wait (Retry-After)
+    # The server may be down or restarting, not just failing this request: worth asking the ServerWaiter.
+    unreachable: bool = False
+
+
+# 502: a proxy in front of the server cannot reach it; 503: a server still loading its model
+# (llama.cpp's llama-server answers "Loading model"), or one that is overloaded. The waiter's
+# probe tells these apart: an overloaded server answers GET /models at once (an ordinary retry).
+# A server that answers /models while its model still loads (some llama-server builds did) looks
+# up to the probe, so its 503s spend the request's retries as before.
+UNREACHABLE_STATUSES = frozenset({502, 503})
 
 
 def classify(error: Exception, profile: Profile) -> Failure:
@@ -89,9 +105,15 @@ def classify(error: Exception, profile: Profile) -> Failure:
         message, _ = server_detail(error.body)
         reason = f"HTTP {error.status_code}" + (f": {' '.join(message.split())[:200]}" if message else "")
         return Failure(is_permanent(error.status_code, error.body, profile), reason,
-                       retry_after_seconds(error.response.headers))
+                       retry_after_seconds(error.response.headers), error.status_code in UNREACHABLE_STATUSES)
     if isinstance(error, openai.APIConnectionError):
-        return Failure(False, f"{type(error).__name__}: {error.message}")
+        # Refused, reset or closed without an answer; a timeout is a slow server, not a missing one.
+        unreachable = not isinstance(error, openai.APITimeoutError)
+        reason = f"{type(error).__name__}: {error.message}"
+        cause = error.__cause__  # the transport's own words: "Connection refused", "Server disconnected ..."
+        if cause is not None and str(cause):
+            reason += f" ({type(cause).__name__}: {' '.join(str(cause).split())[:200]})"
+        return Failure(False, reason, unreachable=unreachable)
     raise TypeError(f"not an error from the openai client's transport: {error!r}")
 
 
@@ -216,21 +238,32 @@ class RequestPacer:
             stop.wait(start - now)
 
 
+# Waits for a server that came back, per call, that do not count as retries. A
+# server that goes away on every generation request (it crashes on this request,
+# a supervisor restarts it, GET /models answers again) would otherwise be waited
+# for forever; three restarts within one request's life is no longer bad luck,
+# so past them the request spends its retry budget as any other. (A bound per
+# call rather than on total time: a long sweep may rightly ride out many restarts.)
+MAX_FREE_WAITS = 3
+
+
 class Retrier:
     """Calls to one server, paced, retried on transient errors, refused at once on permanent ones.
 
     Hand-written rather than tenacity (not a dependency): the waits must end
     early when the run stops, and a retry must check a flag shared with other
-    threads (``ServerDown``).
+    threads (``ServerDown``) and wait on a server shared with them (``waiter``;
+    None: no waiting, every failure spends a retry).
     """
 
     def __init__(self, policy: RetryPolicy, pacer: RequestPacer, profile: Profile, where: str, api_key_env: str,
-                 rng: Optional[random.Random] = None):
+                 rng: Optional[random.Random] = None, waiter: Optional[ServerWaiter] = None):
         self.policy = policy
         self.pacer = pacer
         self.profile = profile
         self.where = where  # "server <url> (profile ..., model ...)", the start of every line
         self.api_key_env = api_key_env
+        self.waiter = waiter
         self._rng = rng or random.Random()
 
     def call(self, call: Callable[[], T], stop: threading.Event, sent: Optional[dict[str, Any]] = None,
@@ -238,13 +271,18 @@ class Retrier:
         """``call()``, retried on transient errors; raises ServerRefused or RetriesExhausted.
 
         Stops retrying once ``stop`` is set or ``server_down`` is; ``sent``
-        (the request body's parameters) goes into a refusal's message.
+        (the request body's parameters) goes into a refusal's message. A
+        server found unreachable is waited for first (``waiter``): back
+        within the wait, the call is sent again without spending a retry;
+        still down at its end, the call gives up at once.
         """
         import openai
 
         started = time.monotonic()
-        for retry in range(self.policy.max_retries + 1):
+        attempts = retry = free_waits = 0
+        while True:
             self.pacer.wait(stop)
+            attempts += 1
             try:
                 return call()
             except (openai.APIStatusError, openai.APIConnectionError) as error:
@@ -252,10 +290,24 @@ class Retrier:
                 if failure.permanent:
                     raise ServerRefused(refusal_message(error, self.where, self.profile, self.api_key_env,
                                                         sent)) from error
-            if retry == self.policy.max_retries or stop.is_set() or (server_down is not None and server_down.reason):
+            if stop.is_set() or (server_down is not None and server_down.reason):
+                break
+            if failure.unreachable and self.waiter is not None and free_waits < MAX_FREE_WAITS:
+                outcome = self.waiter.wait(failure.reason, stop)
+                if outcome is Outcome.BACK:
+                    free_waits += 1
+                    continue
+                if outcome is Outcome.GAVE_UP:
+                    raise RetriesExhausted(f"{failure.reason}; {self.waiter.gave_up_text}", attempts,
+                                           time.monotonic() - started)
+                if outcome is Outcome.STOPPED:
+                    break
+                # Outcome.UP: the server answers, so the failure was this request's own: an ordinary retry.
+            if retry == self.policy.max_retries:
                 break
             delay = self.policy.delay(retry, failure.retry_after, self._rng)
-            log.warning("%s: %s; retry %d of %d in %.1f s", self.where, failure.reason, retry + 1,
+            retry += 1
+            log.warning("%s: %s; retry %d of %d in %.1f s", self.where, failure.reason, retry,
                         self.policy.max_retries, delay)
             stop.wait(delay)
-        raise RetriesExhausted(failure.reason, retry + 1, time.monotonic() - started)
+        raise RetriesExhausted(failure.reason, attempts, time.monotonic() - started)

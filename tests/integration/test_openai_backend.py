@@ -4,6 +4,8 @@ The server is llama-cpp-python's (``python -m llama_cpp.server``, from the
 llama-cpp-python[server] extra) serving the embedded SmolLM2 GGUF and
 requiring an API key, so the key really travels. The generate stage runs as
 the researcher runs it, in a subprocess, with the key in the environment.
+The server is killed with SIGKILL mid-sweep and started again on its port to
+show that a sweep waits for it (backend.server_wait_s), or stops clearly.
 A tiny threaded http.server stands in only for what a real server cannot be
 made to do on demand: answer 429 with Retry-After, a 400 naming a field, or
 show how many requests are in flight.
@@ -182,34 +184,80 @@ def test_a_sweep_through_chat_and_completions_stores_what_was_sent_and_never_the
     assert leaked == []
 
 
-def test_killing_the_server_mid_sweep_and_restarting_it_loses_and_repeats_nothing(server, tmp_path):
-    out = tmp_path / "restart"
-    # Enough retries (at least 1 s apart once backed off) to outlast a restart on a busy machine.
-    args = backend_args(server, out, "prompt=paper", "prompt.assistant_prefix=''", "sampling.n=8",
-                        "sampling.max_tokens=24", "backend.max_concurrency=2", "backend.max_retries=40",
-                        "backend.backoff_base_s=0.25", "backend.backoff_max_s=2")
+def restart_later(server: LlamaServer, seconds: float) -> threading.Thread:
+    """Start the (killed) server again on its port after ``seconds``, in a thread; join it to see it done."""
+    def restart():
+        time.sleep(seconds)
+        try:
+            server.start()
+        except BaseException as error:  # noqa: BLE001 - handed to the test through the thread
+            thread.error = error
+
+    thread = threading.Thread(target=restart, daemon=True)
+    thread.error = None
+    thread.start()
+    return thread
+
+
+def start_generate(args: list[str], log_path: Path) -> subprocess.Popen:
     env = dict(os.environ, OPENAI_API_KEY=SECRET)
-    log_path = tmp_path / "generate.stderr"
     with open(log_path, "w") as log:
-        process = subprocess.Popen(generate_command(*args), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        return subprocess.Popen(generate_command(*args), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+
+def finish(process: subprocess.Popen, restart: threading.Thread, server: LlamaServer, timeout: float = 240) -> None:
     try:
-        before = wait_for_lines(out / "stories.jsonl", 2, process)
-        server.kill()
-        assert before < 8, "the server must die mid-sweep"
-        time.sleep(1)
-        server.start()
-        process.wait(timeout=240)
+        process.wait(timeout=timeout)
+        restart.join(timeout=180)
+        assert restart.error is None, restart.error
     finally:
         if process.poll() is None:
             process.kill()
         server.ensure_running()
+
+
+def assert_all_stories_once(out: Path, n: int) -> list[dict]:
+    stories = read_stories(out / "stories.jsonl")
+    assert sorted(s["sample_index"] for s in stories) == list(range(n))
+    assert len({s["story_id"] for s in stories}) == len({s["seed"] for s in stories}) == n
+    assert (out / "stories.jsonl").read_bytes().count(b"\n") == n  # none twice, not even as a duplicate line
+    return stories
+
+
+def test_killing_the_server_mid_sweep_the_sweep_waits_for_it_and_loses_and_repeats_nothing(server, tmp_path):
+    out = tmp_path / "restart"
+    # The default retries (6, backoff from 1 s) and the default wait (300 s); the server is down for 3 s and more.
+    args = backend_args(server, out, "prompt=paper", "prompt.assistant_prefix=''", "sampling.n=8",
+                        "sampling.max_tokens=24", "backend.max_concurrency=2", "backend.server_poll_s=0.5")
+    log_path = tmp_path / "generate.stderr"
+    process = start_generate(args, log_path)
+    before = wait_for_lines(out / "stories.jsonl", 2, process)
+    server.kill()  # SIGKILL: both requests in flight lose their connection
+    restart = restart_later(server, 3)
+    finish(process, restart, server)
+    stderr = log_path.read_text()
+    assert before < 8, "the server must die mid-sweep"
+    assert process.returncode == 0, stderr[-4000:]
+    waits = [line for line in stderr.splitlines() if "waiting up to 300 s for it to come back" in line]
+    assert len(waits) == 1 and "(backend.server_wait_s)" in waits[0] and server.url in waits[0], stderr[-4000:]
+    assert "answers again after" in stderr and "retry 1 of 6" not in stderr  # waited, no retry spent
+    stories = assert_all_stories_once(out, 8)
+    assert max(s["server_response"]["attempts"] for s in stories) == 2  # sent once more after the restart
+
+
+def test_a_sweep_started_before_its_server_is_up_waits_for_it(server, tmp_path):
+    out = tmp_path / "early"
+    args = backend_args(server, out, "prompt=paper_llama2_raw", "sampling.n=2", "sampling.max_tokens=8",
+                        "backend.server_poll_s=0.5")
+    server.kill()
+    log_path = tmp_path / "generate.stderr"
+    process = start_generate(args, log_path)
+    restart = restart_later(server, 3)  # the model check finds nobody on the port at first
+    finish(process, restart, server)
     stderr = log_path.read_text()
     assert process.returncode == 0, stderr[-4000:]
-    assert "retry 1 of 40" in stderr  # the retries rode over the restart
-    stories = read_stories(out / "stories.jsonl")
-    assert sorted(s["sample_index"] for s in stories) == list(range(8))
-    assert (out / "stories.jsonl").read_bytes().count(b"\n") == 8  # none twice, not even as a duplicate line
-    assert max(s["server_response"]["attempts"] for s in stories) > 1
+    assert "waiting up to 300 s for it to come back" in stderr and "answers again after" in stderr
+    assert_all_stories_once(out, 2)
 
 
 def run_and_take_the_server_down(server, args, out, after_lines: int):
@@ -228,23 +276,27 @@ def run_and_take_the_server_down(server, args, out, after_lines: int):
     return process, stderr
 
 
-def test_a_sweep_that_outlasts_its_retries_says_so_and_resumes(server, tmp_path):
+def test_a_server_down_longer_than_the_wait_stops_the_sweep_clearly_and_a_rerun_completes(server, tmp_path):
     out = tmp_path / "resume"
+    # The default retries (6); a 3 s wait; the server stays down until the sweep has ended.
     args = backend_args(server, out, "prompt=paper", "prompt.assistant_prefix=''", "sampling.n=6",
-                        "sampling.max_tokens=24", "backend.max_concurrency=2", "backend.max_retries=1",
-                        "backend.backoff_base_s=0.2", "backend.backoff_max_s=0.4")
+                        "sampling.max_tokens=24", "backend.max_concurrency=2", "backend.server_wait_s=3",
+                        "backend.server_poll_s=0.5")
+    started = time.monotonic()
     process, stderr = run_and_take_the_server_down(server, args, out, after_lines=2)
     stored = (out / "stories.jsonl").read_bytes().count(b"\n")
     assert process.returncode == 3, stderr[-4000:]
     assert 2 <= stored < 6 and f"INCOMPLETE: {6 - stored} stories failed" in stderr
-    assert "Traceback" not in stderr
+    assert "waiting up to 3 s for it to come back (backend.server_wait_s)" in stderr
+    assert "is still unreachable after waiting 3 s (backend.server_wait_s); giving up" in stderr
+    assert "run the same command again" in stderr and "Traceback" not in stderr
+    assert "retry 1 of 6" not in stderr  # the wait, not each request's retries, decided it
+    assert time.monotonic() - started < 60  # not the 7 attempts over 43 s of every request
 
     resumed = run_generate(*args)
     assert_ok(resumed)
     assert f"{stored} were already stored, {6 - stored} generated" in resumed.stderr
-    stories = read_stories(out / "stories.jsonl")
-    assert sorted(s["sample_index"] for s in stories) == list(range(6))
-    assert (out / "stories.jsonl").read_bytes().count(b"\n") == 6
+    assert_all_stories_once(out, 6)
 
 
 def test_a_multirun_sweep_finishes_every_job_then_reports_incomplete(server, tmp_path):
@@ -252,7 +304,7 @@ def test_a_multirun_sweep_finishes_every_job_then_reports_incomplete(server, tmp
     args = ["-m", *backend_args(server, out, "prompt=paper", "prompt.assistant_prefix=''",
                                 "sampling.temperature=0.5,1.0", "sampling.n=4", "sampling.max_tokens=24",
                                 "backend.max_concurrency=1", "backend.max_retries=1", "backend.backoff_base_s=0.2",
-                                "backend.backoff_max_s=0.4")]
+                                "backend.backoff_max_s=0.4", "backend.server_wait_s=1", "backend.server_poll_s=0.2")]
     process, stderr = run_and_take_the_server_down(server, args, out, after_lines=1)
     assert process.returncode != 0 and "Traceback" not in stderr
     assert stderr.count("the sweep is INCOMPLETE") == 3  # each job's own list, then Hydra's one line at the end
@@ -283,14 +335,20 @@ def test_a_permanent_error_stops_the_run_with_one_clear_line(server, tmp_path, c
     assert not (tmp_path / "out" / "stories.jsonl").exists()
 
 
-def test_a_server_that_is_down_gives_one_clear_line(tmp_path):
+@pytest.mark.parametrize("wait,expected", [
+    ("0", "gave up after 3 attempt(s)"),  # no waiting: the retries, as before there was a wait
+    ("1", "still unreachable after waiting 1 s (backend.server_wait_s) (gave up after 1 attempt(s)"),
+])
+def test_a_server_that_is_down_gives_one_clear_line(tmp_path, wait, expected):
     url = f"http://127.0.0.1:{free_port()}/v1"
     result = run_generate("backend=openai", f"backend.base_url={url}", "prompt=paper_llama2_raw",
-                          "backend.max_retries=2", "backend.backoff_base_s=0.1", f"out_dir={tmp_path / 'out'}")
+                          "backend.max_retries=2", "backend.backoff_base_s=0.1", f"backend.server_wait_s={wait}",
+                          "backend.server_poll_s=0.2", f"out_dir={tmp_path / 'out'}")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "[ERROR]" in line]
-    assert len(errors) == 1 and f"cannot reach server {url}" in errors[0] and "gave up after 3 attempt(s)" in errors[0]
+    assert len(errors) == 1 and f"cannot reach server {url}" in errors[0] and expected in errors[0], errors
+    assert "Nothing was generated" in errors[0]
 
 
 # ---- a scripted server, for what a real one will not do on demand -------------

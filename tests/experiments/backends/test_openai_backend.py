@@ -7,6 +7,8 @@ server runs in tests/integration/test_openai_backend.py.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 
 import httpx2
 import openai
@@ -15,7 +17,7 @@ import pytest
 from experiments.backends.base import FailedStory, GeneratedStory, StoryRequest
 from experiments.backends.openai_backend import OpenAIBackend, ServerRefused, ServerUnreachable
 from experiments.backends.openai_retry import RetryPolicy
-from experiments.config import OpenAIBackendConfig, PromptConfig, SamplingConfig
+from experiments.config import ConfigError, OpenAIBackendConfig, PromptConfig, SamplingConfig
 
 CHAT = PromptConfig(id="story", messages=[{"role": "user", "content": "Write a story."}])
 MODELS = {"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "test", "created": 0}]}
@@ -98,14 +100,131 @@ def test_once_a_story_exhausts_its_retries_the_rest_fail_unsent_and_the_next_set
     assert all(isinstance(story, GeneratedStory) for story in backend.generate(requests, SamplingConfig()))
 
 
-def test_a_server_that_cannot_be_reached_is_named_and_nothing_is_sent(monkeypatch):
-    def handler(request):
-        raise httpx2.ConnectError("connection refused", request=request)
-
+def use_handler(monkeypatch, handler) -> None:
     real = openai.OpenAI
     monkeypatch.setattr(openai, "OpenAI", lambda **kwargs: real(
         **kwargs, http_client=httpx2.Client(transport=httpx2.MockTransport(handler))))
-    backend, _ = backend_for(max_retries=1)
-    with pytest.raises(ServerUnreachable, match=r"^cannot reach server http://server\.test/v1 .*gave up after 2 "
-                                                r"attempt\(s\).*Nothing was generated\.$"):
+
+
+@pytest.mark.parametrize("wait,expected", [
+    (0, r"APIConnectionError: Connection error\. \(ConnectError: connection refused\) \(gave up after 2 "
+        r"attempt\(s\)"),  # no waiting: the retries
+    (0.2, r"APIConnectionError: Connection error\. \(ConnectError: connection refused\); still unreachable after "
+          r"waiting 0\.2 s \(backend\.server_wait_s\) \(gave up after 1 attempt\(s\)"),
+])
+def test_a_server_that_cannot_be_reached_is_named_and_nothing_is_sent(monkeypatch, wait, expected):
+    def handler(request):
+        raise httpx2.ConnectError("connection refused", request=request)
+
+    use_handler(monkeypatch, handler)
+    backend, _ = backend_for(max_retries=1, server_wait_s=wait, server_poll_s=0.05)
+    with pytest.raises(ServerUnreachable, match=r"^cannot reach server http://server\.test/v1 \(profile vllm, "
+                                                rf"model 'm'\): {expected}.*Nothing was generated\.$"):
         backend.load()
+
+
+# ---- a server that goes away and comes back ------------------------------------
+
+class Restarting:
+    """A mock server that refuses connections while ``down`` is set (GET /models included)."""
+
+    def __init__(self):
+        self.down = threading.Event()
+        self.posts: list[dict] = []
+        self.gets = 0
+        self.on_post = lambda count: None  # called with the number of POSTs so far, before answering
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        if request.method == "GET":
+            self.gets += 1
+        if self.down.is_set():
+            raise httpx2.ConnectError("connection refused", request=request)
+        if request.method == "GET":
+            return httpx2.Response(200, json=MODELS)
+        body = json.loads(request.content)
+        self.posts.append(body)
+        self.on_post(len(self.posts))
+        if self.down.is_set():  # went down while this request was in flight
+            raise httpx2.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+        return httpx2.Response(200, json=completion(body))
+
+
+def test_a_server_restarting_mid_run_is_waited_for_and_no_retry_is_spent(monkeypatch, caplog):
+    server = Restarting()
+    # The second request finds the server dying under it; it is back 0.3 s later.
+    server.on_post = lambda count: count == 2 and (server.down.set(),
+                                                   threading.Timer(0.3, server.down.clear).start())
+    use_handler(monkeypatch, server)
+    backend, requests = backend_for(max_retries=0, server_wait_s=30, server_poll_s=0.05)
+    with caplog.at_level(logging.INFO):
+        stories = list(backend.generate(requests, SamplingConfig()))
+    assert all(isinstance(story, GeneratedStory) for story in stories)
+    assert sorted(story.request.seed for story in stories) == [100, 101, 102, 103]
+    assert [post["seed"] for post in server.posts] == [100, 101, 101, 102, 103]  # 101 sent again, once
+    assert [story.server_response["attempts"] for story in stories] == [1, 2, 1, 1]
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("is unreachable (APIConnectionError: Connection error. (RemoteProtocolError: Server disconnected "
+               "without sending a response.)); waiting up to 30 s" in line for line in lines), lines
+    assert any("answers again after" in line and line.endswith("; resuming") for line in lines)
+    assert not any("retry" in line for line in lines)  # max_retries=0, and none was needed
+
+
+def test_the_model_check_waits_for_a_server_that_is_starting(monkeypatch):
+    server = Restarting()
+    server.down.set()
+    threading.Timer(0.3, server.down.clear).start()
+    use_handler(monkeypatch, server)
+    backend, requests = backend_for(max_retries=0, server_wait_s=30, server_poll_s=0.05)
+    backend.load()
+    assert backend.identity()["server_model"]["id"] == "m" and server.gets >= 3
+    assert len(list(backend.generate(requests, SamplingConfig()))) == 4
+
+
+def test_past_the_wait_the_rest_fail_unsent_and_the_next_setting_looks_once_then_waits_again(monkeypatch):
+    server = Restarting()
+    server.on_post = lambda count: count == 2 and server.down.set()
+    use_handler(monkeypatch, server)
+    backend, requests = backend_for(max_retries=5, server_wait_s=0.5, server_poll_s=0.05)
+    outcomes = list(backend.generate(requests, SamplingConfig()))
+    assert [type(outcome) for outcome in outcomes] == [GeneratedStory] + [FailedStory] * 3
+    assert "still unreachable after waiting 0.5 s (backend.server_wait_s) (gave up after 1 attempt(s)" in \
+        outcomes[1].error
+    assert all(outcome.error.startswith("not sent: ") for outcome in outcomes[2:]) and len(server.posts) == 2
+
+    gets = server.gets
+    assert all(isinstance(o, FailedStory) for o in backend.generate(requests, SamplingConfig()))
+    assert server.gets == gets + 1  # one look, no second wait
+
+    server.down.clear()
+    server.on_post = lambda count: count == 4 and (server.down.set(),
+                                                   threading.Timer(0.05, server.down.clear).start())
+    # Back: the next setting runs, and a second outage is waited for again.
+    assert all(isinstance(o, GeneratedStory) for o in backend.generate(requests, SamplingConfig()))
+
+
+@pytest.mark.parametrize("status,answers", [(200, True), (404, True), (401, True), (503, False), (502, False)])
+def test_the_probe_counts_any_answer_but_5xx_as_the_server_being_there(monkeypatch, status, answers):
+    use_handler(monkeypatch, lambda request: httpx2.Response(status, json=MODELS if status == 200 else {}))
+    backend, _ = backend_for()
+    backend._client = openai.OpenAI(base_url="http://server.test/v1", api_key="k", max_retries=0)
+    assert backend._answers() is answers
+
+
+def test_the_wait_settings_come_from_the_config_and_zero_means_no_waiting():
+    backend, _ = backend_for(server_wait_s=45, server_poll_s=0.5)
+    assert backend.retrier.waiter is backend.waiter
+    assert (backend.waiter.wait_s, backend.waiter.poll_s) == (45, 0.5)
+    assert backend.waiter.where == "server http://server.test/v1 (profile vllm, model 'm')"
+    assert backend_for(server_wait_s=0)[0].retrier.waiter is None
+    defaults = OpenAIBackendConfig()
+    assert (defaults.server_wait_s, defaults.server_poll_s) == (300.0, 2.0)
+
+
+@pytest.mark.parametrize("overrides,field", [
+    ({"server_wait_s": -1}, "backend.server_wait_s"),
+    ({"server_wait_s": float("inf")}, "backend.server_wait_s"),
+    ({"server_poll_s": 0}, "backend.server_poll_s"),
+])
+def test_out_of_range_wait_settings_name_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=rf"^{field}=.* is not allowed: a number of seconds"):
+        OpenAIBackendConfig(**overrides)

@@ -17,9 +17,10 @@ import openai
 import pytest
 
 from experiments.backends.openai_profiles import profile_of
-from experiments.backends.openai_retry import (Failure, RequestPacer, Retrier, RetriesExhausted, RetryPolicy,
-                                               ServerDown, ServerRefused, classify, is_permanent, refusal_message,
-                                               retry_after_seconds, server_detail)
+from experiments.backends.openai_retry import (MAX_FREE_WAITS, Failure, RequestPacer, Retrier, RetriesExhausted,
+                                               RetryPolicy, ServerDown, ServerRefused, classify, is_permanent,
+                                               refusal_message, retry_after_seconds, server_detail)
+from experiments.backends.server_waiter import Outcome
 from experiments.config import ConfigError
 
 URL = "http://127.0.0.1:9/v1/chat/completions"
@@ -51,12 +52,29 @@ def test_a_client_error_is_permanent(status):
 
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
 def test_a_rate_limit_timeout_conflict_or_server_error_is_transient(status):
-    assert classify(status_error(status, "busy"), profile_of("vllm")) == Failure(False, f"HTTP {status}: busy")
+    failure = classify(status_error(status, "busy"), profile_of("vllm"))
+    assert failure == Failure(False, f"HTTP {status}: busy", unreachable=status in (502, 503))
 
 
-def test_dropped_connections_and_timeouts_are_transient():
-    assert classify(connection_error(), profile_of("vllm")) == Failure(False, "APIConnectionError: Connection error.")
+def test_dropped_connections_and_timeouts_are_transient_and_only_a_connection_error_may_mean_the_server_is_gone():
+    assert classify(connection_error(), profile_of("vllm")) == \
+        Failure(False, "APIConnectionError: Connection error.", unreachable=True)
+    # A timeout is a slow server, not a missing one: its retries as before.
     assert classify(timeout_error(), profile_of("vllm")) == Failure(False, "APITimeoutError: Request timed out.")
+
+
+def test_a_connection_errors_reason_carries_the_transports_words():
+    request = httpx2.Request("POST", URL)
+    try:
+        raise openai.APIConnectionError(request=request) from httpx2.ConnectError("[Errno 111] Connection\nrefused")
+    except openai.APIConnectionError as error:
+        assert classify(error, profile_of("vllm")).reason == \
+            "APIConnectionError: Connection error. (ConnectError: [Errno 111] Connection refused)"
+
+
+def test_llama_servers_loading_answer_may_mean_a_restarting_server():
+    failure = classify(status_error(503, "Loading model"), profile_of("llamacpp"))
+    assert failure == Failure(False, "HTTP 503: Loading model", unreachable=True)
 
 
 def test_a_transient_failure_carries_the_servers_retry_after_and_a_one_line_reason():
@@ -234,9 +252,9 @@ def scripted(*outcomes):
     return call
 
 
-def retrier(max_retries: int = 3, profile: str = "vllm") -> Retrier:
+def retrier(max_retries: int = 3, profile: str = "vllm", waiter=None) -> Retrier:
     return Retrier(RetryPolicy(max_retries, base_s=1.0, max_s=60.0), RequestPacer(None), profile_of(profile), WHERE,
-                   "MY_KEY", rng=Highest())
+                   "MY_KEY", rng=Highest(), waiter=waiter)
 
 
 def test_transient_errors_are_retried_with_backoff_and_logged(caplog):
@@ -301,3 +319,73 @@ def test_zero_retries_means_one_attempt():
     call = scripted(status_error(503))
     with pytest.raises(RetriesExhausted, match=r"^HTTP 503 \(gave up after 1 attempt\(s\)"):
         retrier(max_retries=0).call(call, RecordingStop())
+
+
+# ---- the loop with a server waiter ------------------------------------------------
+
+class FakeWaiter:
+    """Answers each wait from a script of outcomes, recording the reasons."""
+
+    gave_up_text = "still unreachable after waiting 300 s (backend.server_wait_s)"
+
+    def __init__(self, *outcomes: Outcome):
+        self.outcomes, self.reasons = list(outcomes), []
+
+    def wait(self, reason, stop):
+        self.reasons.append(reason)
+        return self.outcomes.pop(0)
+
+
+def test_a_server_that_comes_back_is_sent_the_request_again_without_spending_a_retry(caplog):
+    waiter, stop = FakeWaiter(Outcome.BACK, Outcome.BACK), RecordingStop()
+    call = scripted(connection_error(), status_error(503, "Loading model"), "ok")
+    with caplog.at_level(logging.WARNING):
+        assert retrier(max_retries=0, waiter=waiter).call(call, stop) == "ok"
+    assert call.count == 3 and stop.waits == [] and caplog.records == []  # no backoff, no retry line
+    assert waiter.reasons == ["APIConnectionError: Connection error.", "HTTP 503: Loading model"]
+
+
+def test_a_server_still_down_after_the_wait_gives_up_at_once_saying_it_waited():
+    waiter, stop = FakeWaiter(Outcome.GAVE_UP), RecordingStop()
+    call = scripted(connection_error(), "never")
+    with pytest.raises(RetriesExhausted) as error:
+        retrier(max_retries=6, waiter=waiter).call(call, stop)
+    assert call.count == 1 and stop.waits == []  # the retries are not spent after the wait
+    assert str(error.value).startswith("APIConnectionError: Connection error.; still unreachable after waiting 300 s "
+                                       "(backend.server_wait_s) (gave up after 1 attempt(s) over ")
+
+
+def test_a_server_that_answers_at_once_makes_the_failure_an_ordinary_retry():
+    waiter, stop = FakeWaiter(Outcome.UP), RecordingStop()
+    call = scripted(status_error(503, "overloaded"), "ok")
+    assert retrier(waiter=waiter).call(call, stop) == "ok"
+    assert call.count == 2 and stop.waits == [1.0]
+
+
+def test_timeouts_and_500s_are_not_waited_for():
+    waiter = FakeWaiter()
+    call = scripted(timeout_error(), status_error(500, "oops"), status_error(429, "slow"), "ok")
+    assert retrier(waiter=waiter).call(call, RecordingStop()) == "ok" and waiter.reasons == []
+
+
+def test_a_stop_during_the_wait_ends_the_call():
+    call = scripted(connection_error(), "never")
+    with pytest.raises(RetriesExhausted, match="gave up after 1 attempt"):
+        retrier(waiter=FakeWaiter(Outcome.STOPPED)).call(call, RecordingStop())
+    assert call.count == 1
+
+
+def test_free_waits_are_bounded_per_call_then_the_retry_budget_is_spent():
+    waiter, stop = FakeWaiter(*[Outcome.BACK] * MAX_FREE_WAITS), RecordingStop()
+    call = scripted(*[connection_error()] * (MAX_FREE_WAITS + 3))
+    with pytest.raises(RetriesExhausted, match=rf"gave up after {MAX_FREE_WAITS + 3} attempt\(s\)"):
+        retrier(max_retries=2, waiter=waiter).call(call, stop)
+    assert len(waiter.reasons) == MAX_FREE_WAITS and stop.waits == [1.0, 2.0]
+
+
+def test_no_wait_once_the_server_is_marked_down():
+    down, waiter = ServerDown(), FakeWaiter()
+    down.set("gone")
+    with pytest.raises(RetriesExhausted):
+        retrier(waiter=waiter).call(scripted(connection_error()), RecordingStop(), server_down=down)
+    assert waiter.reasons == []
