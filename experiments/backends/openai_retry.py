@@ -132,8 +132,12 @@ _PYDANTIC_ERROR = re.compile(r"'loc': \((?:'body', )?'(?P<field>[^']+)',?\), 'ms
                              r"(?:, 'input': (?P<input>[^,}]+))?")
 
 
-def server_detail(body: Any) -> tuple[str, Optional[str]]:
-    """(message, refused field) from an error body: OpenAI's, FastAPI's, pydantic's text or plain."""
+def server_detail(body: Any, profile: Optional[Profile] = None) -> tuple[str, Optional[str]]:
+    """(message, refused field) from an error body: OpenAI's, FastAPI's, pydantic's text or plain.
+
+    The field is OpenAI's ``param`` where the server fills it in; otherwise
+    the one the message names (``field_named_in``, which needs the profile).
+    """
     if isinstance(body, dict):
         error = body.get("error", body)
         if isinstance(error, dict) and "message" in error:
@@ -142,7 +146,7 @@ def server_detail(body: Any) -> tuple[str, Optional[str]]:
             if pydantic and not error.get("param"):
                 got = f" (got {pydantic['input']})" if pydantic["input"] else ""
                 return f"{pydantic['field']}: {pydantic['msg']}{got}", pydantic["field"]
-            return message, error.get("param")
+            return message, error.get("param") or field_named_in(message, profile)
         detail = body.get("detail")
         if isinstance(detail, list) and detail and isinstance(detail[0], dict):  # FastAPI validation
             first = detail[0]
@@ -150,8 +154,40 @@ def server_detail(body: Any) -> tuple[str, Optional[str]]:
             got = f" (got {first['input']!r})" if "input" in first else ""
             return f"{field_name}: {first.get('msg', '')}{got}", field_name
         if detail is not None:
-            return str(detail), None
-    return (str(body) if body is not None else ""), None
+            return str(detail), field_named_in(str(detail), profile)
+    text = str(body) if body is not None else ""
+    return text, field_named_in(text, profile)
+
+
+# llama.cpp's llama-server: "Field 'repeat_last_n': Value must be between 0 <= value <= ..., but got -1".
+_FIELD_PREFIX = re.compile(r"\bField '(?P<field>[A-Za-z_]\w*)'")
+# Messages that name no field but are about one: vLLM's "This model's maximum context length is 2048
+# tokens. However, you requested 4000 output tokens ..." is about max_tokens (vLLM's name for it).
+_FIELD_PHRASES = ((re.compile(r"\byou requested \d+ output tokens\b"), "max_tokens"),)
+
+
+def field_named_in(message: str, profile: Optional[Profile]) -> Optional[str]:
+    """The request field an error message is about, for servers that leave OpenAI's ``param`` empty (vLLM).
+
+    "Field 'x':" where the server says so; else the profile's request field
+    named earliest in the message as a whole word ("max_tokens must be at
+    least 1, got 0."), a best guess; else a known phrasing.
+    """
+    named = _FIELD_PREFIX.search(message)
+    if named:
+        return named["field"]
+    if profile is None or not message:
+        return None
+    found = [(match.start(), name) for name in request_fields(profile)
+             if (match := re.search(rf"(?<!\w){re.escape(name)}(?!\w)", message))]
+    if found:
+        return min(found)[1]
+    return next((name for pattern, name in _FIELD_PHRASES if pattern.search(message)), None)
+
+
+def request_fields(profile: Profile) -> set[str]:
+    """Every field a request of this profile can carry but the model and the prompt."""
+    return set(wire_names(profile)) | {"temperature", "seed", "logprobs"} | set(profile.prefill or {})
 
 
 def refusal_message(error: Any, where: str, profile: Profile, api_key_env: str,
@@ -160,7 +196,7 @@ def refusal_message(error: Any, where: str, profile: Profile, api_key_env: str,
 
     ``error`` is an ``openai.APIStatusError``; the key is named by its variable, never shown.
     """
-    message, field_name = server_detail(error.body)
+    message, field_name = server_detail(error.body, profile)
     status = error.status_code
     what = {401: "refused the API key from $" + api_key_env + " (backend.api_key_env)",
             403: "refused access with the API key from $" + api_key_env,

@@ -18,8 +18,8 @@ import pytest
 
 from experiments.backends.openai_profiles import profile_of
 from experiments.backends.openai_retry import (MAX_FREE_WAITS, Failure, RequestPacer, Retrier, RetriesExhausted,
-                                               RetryPolicy, ServerDown, ServerRefused, classify, is_permanent,
-                                               refusal_message, retry_after_seconds, server_detail)
+                                               RetryPolicy, ServerDown, ServerRefused, classify, field_named_in,
+                                               is_permanent, refusal_message, retry_after_seconds, server_detail)
 from experiments.backends.server_waiter import Outcome
 from experiments.config import ConfigError
 
@@ -125,6 +125,67 @@ def test_pydantic_errors_reported_in_a_message_name_the_field():
                "'msg': 'Input should be less than or equal to 10', 'input': 20, 'ctx': {'le': 10.0}}")
     assert server_detail({"message": message, "type": "internal_server_error", "param": None}) == \
         ("mirostat_tau: Input should be less than or equal to 10 (got 20)", "mirostat_tau")
+
+
+# The bodies as the servers send them; the openai client hands over the "error" object.
+LLAMA_SERVER_400 = {"error": {"code": 400, "message": "Field 'repeat_last_n': Value must be between 0 <= value <= "
+                                                      "2147483647, but got -1", "type": "invalid_request_error"}}
+VLLM_MAX_TOKENS_400 = {"object": "error", "message": "max_tokens must be at least 1, got 0.",
+                       "type": "BadRequestError", "param": None, "code": 400}
+VLLM_CONTEXT_400 = {"object": "error", "type": "BadRequestError", "param": None, "code": 400,
+                    "message": "This model's maximum context length is 2048 tokens. However, you requested 4000 "
+                               "output tokens and your prompt contains at least 12 input tokens, for a total of at "
+                               "least 4012 tokens. Please reduce the length of the input prompt or the number of "
+                               "requested output tokens."}
+
+
+def body_error(status: int, body: dict):
+    response = httpx2.Response(status, request=httpx2.Request("POST", URL))
+    error = body.get("error", body)
+    return openai.APIStatusError(f"Error code: {status} - {body}", response=response, body=error)
+
+
+@pytest.mark.parametrize("body,profile,field", [
+    (LLAMA_SERVER_400, "llamacpp", "repeat_last_n"),
+    (LLAMA_SERVER_400["error"], "llamacpp", "repeat_last_n"),
+    (VLLM_MAX_TOKENS_400, "vllm", "max_tokens"),
+    (VLLM_CONTEXT_400, "vllm", "max_tokens"),
+    ({"message": "repeat_penalty must be > 0, got -1.0", "param": None}, "llamacpp", "repeat_penalty"),
+    ({"message": "temperature must be non-negative, got -0.5.", "param": None}, "vllm", "temperature"),
+    ({"detail": "min_p out of range"}, "vllm", "min_p"),
+    ("top_k must be -1 (disable), or at least 1, got 0.", "vllm", "top_k"),
+    # The earliest field named wins; a name inside a longer word is no match.
+    ({"message": "top_p must be in (0, 1] when top_k is set", "param": None}, "vllm", "top_p"),
+    ({"message": "unknown field my_top_k_extra", "param": None}, "vllm", None),
+    ({"message": "Invalid request", "param": None}, "vllm", None),
+    # OpenAI's param, where the server fills it in, comes first.
+    ({"message": "max_tokens is too large", "param": "messages"}, "vllm", "messages"),
+])
+def test_a_400_names_its_field_when_the_server_leaves_param_empty(body, profile, field):
+    assert server_detail(body, profile_of(profile))[1] == field
+
+
+def test_the_field_prefix_needs_no_profile_and_the_guess_does():
+    message = LLAMA_SERVER_400["error"]["message"]
+    assert field_named_in(message, None) == "repeat_last_n"
+    assert server_detail(LLAMA_SERVER_400)[0] == message
+    assert field_named_in("max_tokens must be at least 1, got 0.", None) is None
+
+
+def test_a_refused_field_is_named_with_its_harness_parameter_and_never_retried():
+    call = scripted(body_error(400, {"error": {"code": 400, "type": "invalid_request_error",
+                                               "message": "Field 'repeat_penalty': Value must be > 0"}}), "never")
+    with pytest.raises(ServerRefused) as error:
+        retrier(profile="llamacpp").call(call, RecordingStop(), sent={"repeat_penalty": -1.0})
+    assert call.count == 1
+    assert str(error.value) == (f"{WHERE} refused the request: HTTP 400: Field 'repeat_penalty': Value must be > 0 "
+                                "[parameter repeat_penalty = sampling.repetition_penalty]; "
+                                'sent {"repeat_penalty":-1.0}')
+    vllm = refusal_message(body_error(400, VLLM_CONTEXT_400), WHERE, profile_of("vllm"), "K")
+    assert vllm.startswith(f"{WHERE} refused the request: HTTP 400: This model's maximum context length is 2048")
+    assert vllm.endswith("requested output tokens. [parameter max_tokens]")
+    assert refusal_message(body_error(400, VLLM_MAX_TOKENS_400), WHERE, profile_of("vllm"), "K") == \
+        f"{WHERE} refused the request: HTTP 400: max_tokens must be at least 1, got 0. [parameter max_tokens]"
 
 
 def test_a_refusal_is_one_line_naming_the_key_variable_the_harness_parameter_and_the_body():
