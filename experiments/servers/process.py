@@ -2,8 +2,11 @@
 
 The server runs in a process group of its own, so a stop or a SIGKILL
 reaches the processes it forks (vLLM runs its engine in a child process),
-and on Linux each child is told to die with its parent (PR_SET_PDEATHSIG),
-so a killed ``scripts/serve`` leaves no server behind holding the port.
+and on Linux a server started from the main thread is told to die with its
+parent (PR_SET_PDEATHSIG), so a killed ``scripts/serve`` leaves no server
+behind holding the port. Only from the main thread: the signal is sent when
+the *thread* that forked the child ends, so a server (re)started from a
+worker thread would be killed the moment that thread finished.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -66,12 +70,13 @@ class ServerProcess:
 
     def start(self, timeout: float) -> "ServerProcess":
         """Start the command and return once GET /models answers; ServerFailed if it exits or times out."""
+        main_thread = threading.current_thread() is threading.main_thread()
         out = open(self.log_path, "ab") if self.log_path else None
         try:
             # Without a log file the server's output goes to our stderr: stdout is kept for what we print.
             self.process = subprocess.Popen(self.argv, env=self.env, stdout=out or sys.stderr.fileno(),
                                             stderr=subprocess.STDOUT, start_new_session=self.new_session,
-                                            preexec_fn=_die_with_parent)
+                                            preexec_fn=_die_with_parent if main_thread else None)
         finally:
             if out:
                 out.close()
@@ -108,6 +113,12 @@ class ServerProcess:
                 self.process.send_signal(sig)
         except ProcessLookupError:
             pass
+
+    def terminate(self) -> None:
+        """SIGTERM, without waiting for the exit: safe in a signal handler that interrupted a wait on the process
+        (``Popen.wait`` holds a lock that a second wait in the same thread would block on for ever)."""
+        if self.running():
+            self._signal(signal.SIGTERM)
 
     def kill(self) -> None:
         """SIGKILL to the whole group: requests in flight lose their connection mid-answer."""
