@@ -15,12 +15,15 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from experiments.errors import HarnessInputError
 from experiments.servers.cached_setup import EngineUnavailable, SetupFailed, say
 from experiments.servers.engines import ENGINES, SERVED_NAME, ServeOptions, prepare
 from experiments.servers.process import ServerFailed, ServerProcess, free_port
+
+STOP_GRACE_S = 20.0  # after SIGTERM or Ctrl-C, how long the engine may take to exit before SIGKILL
 
 
 def parse_args(argv: list[str]) -> tuple[ServeOptions, bool]:
@@ -75,8 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     stopping = []
 
     def stop(signum, _frame):
+        # Only signal here: the main thread may be inside server.process.wait(), and a wait in this handler
+        # (server.stop()) would block on that wait's lock for ever. SIGKILL follows after STOP_GRACE_S.
+        if not stopping:
+            server.terminate()
+            escalate = threading.Timer(STOP_GRACE_S, server.kill)
+            escalate.daemon = True
+            escalate.start()
         stopping.append(signum)
-        server.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
