@@ -128,15 +128,22 @@ class ServerProcess:
         self.process.wait()
 
     def stop(self, grace_s: float = 20.0) -> None:
-        """SIGTERM, then SIGKILL if the server has not exited after ``grace_s``."""
-        if not self.running():
+        """SIGTERM, then SIGKILL if the server has not exited after ``grace_s``.
+
+        With a session of its own, the group is then SIGKILLed whether or not
+        the leader was still running: children that outlived it (vLLM's engine
+        core, after its API server died) would otherwise keep gigabytes and
+        cores busy.
+        """
+        if self.process is None:
             return
-        self._signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        if self.new_session:  # children that outlived the leader (vLLM's engine core)
+        if self.running():
+            self._signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.new_session:
             self._signal(signal.SIGKILL)
 
     def __enter__(self) -> "ServerProcess":
