@@ -1,6 +1,6 @@
 """The OpenAI-compatible backend: its overhead over a plain openai loop, and throughput by concurrency.
 
-Starts ``python -m llama_cpp.server`` with the embedded SmolLM2 on loopback
+Starts llama-cpp-python's server (``scripts/serve llama-cpp-python``) with the embedded SmolLM2 on loopback
 (or uses ``--base-url`` and ``--model``), then:
 
 1. Overhead at concurrency 1. Each round sends the same requests (the same
@@ -23,14 +23,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from benchmarks.common import Row, add_json_flag, print_rows
@@ -39,33 +34,20 @@ from experiments.backends.openai_backend import OpenAIBackend
 from experiments.backends.openai_profiles import profile_of, request_parameters
 from experiments.config import Endpoint, GenerateConfig, OpenAIBackendConfig, PromptConfig, SamplingConfig
 from experiments.identity import setting_of, story_seed
-from experiments.models import embedded_gguf_path
 from experiments.run import release_backends, run_generation
+from experiments.servers.engines import ServeOptions, prepare
+from experiments.servers.process import ServerProcess, free_port
 
 MODEL_ALIAS = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = PromptConfig(id="story", messages=[{"role": "user", "content": "Write a story."}])
 
 
-def start_server(port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "experiments.llamacpp_server", "--model", str(embedded_gguf_path()), "--model_alias",
-               MODEL_ALIAS, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2):
-                return server
-        except OSError:
-            if server.poll() is not None:
-                raise RuntimeError("llama_cpp.server exited while starting")
-            time.sleep(0.2)
-    raise RuntimeError("llama_cpp.server did not start within 180 s")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def start_server() -> ServerProcess:
+    """llama-cpp-python's server with the embedded model, as ``scripts/serve llama-cpp-python`` starts it."""
+    launch = prepare(ServeOptions("llama-cpp-python", port=free_port()))
+    server = ServerProcess(launch.argv, launch.base_url, launch.env, log_path=Path(tempfile.mkdtemp()) / "server.log",
+                           name=launch.engine)
+    return server.start(launch.ready_timeout_s)
 
 
 class Workload:
@@ -140,16 +122,14 @@ def main() -> None:
 
     server = None
     if args.base_url is None:
-        port = free_port()
-        server = start_server(port)
-        args.base_url = f"http://127.0.0.1:{port}/v1"
+        server = start_server()
+        args.base_url = server.base_url
     try:
         run(args)
     finally:
         release_backends()
         if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+            server.stop()
 
 
 def run(args) -> None:

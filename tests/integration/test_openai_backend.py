@@ -1,8 +1,8 @@
 """The OpenAI-compatible backend against a real server on loopback.
 
 The server is llama-cpp-python's (``python -m llama_cpp.server``, from the
-llama-cpp-python[server] extra) serving the embedded SmolLM2 GGUF and
-requiring an API key, so the key really travels. The generate stage runs as
+llama-cpp-python[server] extra), started as ``scripts/serve llama-cpp-python``
+starts it, serving the embedded SmolLM2 GGUF and requiring an API key, so the key really travels. The generate stage runs as
 the researcher runs it, in a subprocess, with the key in the environment.
 The server is killed with SIGKILL mid-sweep and started again on its port to
 show that a sweep waits for it (backend.server_wait_s), or stops clearly.
@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -30,8 +27,9 @@ import pytest
 from experiments.backends.base import FailedStory, GeneratedStory, StoryRequest
 from experiments.backends.openai_backend import OpenAIBackend, ServerRefused
 from experiments.config import OpenAIBackendConfig, PromptConfig, SamplingConfig
-from experiments.models import embedded_gguf_path
 from experiments.store import read_stories
+from experiments.servers.process import free_port
+from tests.integration.served import ServedEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -41,59 +39,19 @@ SECRET = "sk-test-SECRET-123"
 CHAT = PromptConfig(id="story", messages=[{"role": "user", "content": "Write a story."}])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class LlamaServer:
-    """``python -m llama_cpp.server`` in its own process group, restartable on the same port."""
+class LlamaServer(ServedEngine):
+    """``scripts/serve llama-cpp-python`` requiring SECRET as its API key, restartable on the same port."""
 
     def __init__(self, log_path: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
+        super().__init__("llama-cpp-python", log_path, "--api-key-env", "HARNESS_TEST_SERVER_KEY")
+        self.env["HARNESS_TEST_SERVER_KEY"] = SECRET  # the key reaches the server from the environment
+        self.api_key = SECRET  # for the readiness check (GET /models)
 
-    def start(self, timeout: float = 180) -> None:
-        command = [sys.executable, "-m", "experiments.llamacpp_server", "--model", str(embedded_gguf_path()),
-                   "--model_alias", MODEL, "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048",
-                   "--api_key", SECRET]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited ({self.process.returncode}):\n"
-                                   + self.log_path.read_text()[-3000:])
-            try:
-                request = urllib.request.Request(f"{self.url}/models", headers={"Authorization": f"Bearer {SECRET}"})
-                with urllib.request.urlopen(request, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"llama_cpp.server did not answer GET /v1/models within {timeout} s")
+    def start(self, timeout: float = 180) -> "LlamaServer":
+        return super().start(timeout)
 
-    def ensure_running(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            self.start()
-
-    def kill(self) -> None:
-        """SIGKILL: requests in flight lose their connection mid-answer."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.kill()
+    def ensure_running(self, timeout: float = 180) -> None:
+        super().ensure_running(timeout)
 
 
 @pytest.fixture(scope="module")
