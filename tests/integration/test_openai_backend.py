@@ -29,7 +29,7 @@ from experiments.backends.openai_backend import OpenAIBackend, ServerRefused
 from experiments.config import OpenAIBackendConfig, PromptConfig, SamplingConfig
 from experiments.store import read_stories
 from experiments.servers.process import free_port
-from tests.integration.served import ServedEngine
+from tests.integration.served import ServedEngine, wait_for_lines
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -81,15 +81,6 @@ def backend_args(server: LlamaServer, out: Path, *more: str) -> list[str]:
 
 def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
-
-
-def wait_for_lines(path: Path, count: int, process: subprocess.Popen, timeout: float = 120) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        if path.exists() and path.read_bytes().count(b"\n") >= count:
-            break
-        time.sleep(0.05)
-    return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
 # ---- against the real server -------------------------------------------------
