@@ -90,9 +90,9 @@ def served_cases(engine: str, concurrencies: list[int], stories: int, max_tokens
             timed_run(backend, 2, 8)  # warm-up: first-request costs (graph capture, caches) outside the clock
             case = (f"{engine} --parallel 4, max_concurrency={concurrency}" if engine == "llama-server"
                     else f"{engine}, max_concurrency={concurrency}")
-            results[case] = ([timed_run(backend, stories, max_tokens) for _ in range(rounds)], None)
-        peak = group_peak_rss_mb(server.process.pid)
-    return {case: (runs, peak) for case, (runs, _) in results.items()}
+            results[case] = [timed_run(backend, stories, max_tokens) for _ in range(rounds)]
+        peak = group_peak_rss_mb(server.process.pid)  # the server's peak over all its cases
+    return {case: (runs, peak) for case, runs in results.items()}
 
 
 def main() -> None:

@@ -94,6 +94,19 @@ _OPENAI_FIELDS = dict(
     stop=WireField("stop"),
 )
 
+# What llama-cpp-python's server and llama.cpp's llama-server share (Mirostat's mode has another name on each).
+_LLAMACPP_FIELDS = dict(
+    _OPENAI_FIELDS,
+    presence_penalty=WireField("presence_penalty", neutral=0.0),
+    frequency_penalty=WireField("frequency_penalty", neutral=0.0),
+    top_k=WireField("top_k", extra_body=True, neutral=0),
+    min_p=WireField("min_p", extra_body=True, neutral=0.0),
+    repetition_penalty=WireField("repeat_penalty", extra_body=True, neutral=1.0),
+    mirostat_tau=WireField("mirostat_tau", extra_body=True),
+    mirostat_eta=WireField("mirostat_eta", extra_body=True),
+    grammar=WireField("grammar", extra_body=True),
+)
+
 PROFILES: Mapping[str, Profile] = MappingProxyType({
     ServerProfile.openai.value: Profile(
         name="openai",
@@ -128,18 +141,7 @@ PROFILES: Mapping[str, Profile] = MappingProxyType({
     ),
     ServerProfile.llamacpp.value: Profile(
         name="llamacpp",
-        fields=_fields(
-            **{**_OPENAI_FIELDS,
-               "presence_penalty": WireField("presence_penalty", neutral=0.0),
-               "frequency_penalty": WireField("frequency_penalty", neutral=0.0)},
-            top_k=WireField("top_k", extra_body=True, neutral=0),
-            min_p=WireField("min_p", extra_body=True, neutral=0.0),
-            repetition_penalty=WireField("repeat_penalty", extra_body=True, neutral=1.0),
-            mirostat_mode=WireField("mirostat_mode", extra_body=True, neutral=0),
-            mirostat_tau=WireField("mirostat_tau", extra_body=True),
-            mirostat_eta=WireField("mirostat_eta", extra_body=True),
-            grammar=WireField("grammar", extra_body=True),
-        ),
+        fields=_fields(**_LLAMACPP_FIELDS, mirostat_mode=WireField("mirostat_mode", extra_body=True, neutral=0)),
         max_tokens_field=MappingProxyType({Endpoint.chat: "max_tokens", Endpoint.completions: "max_tokens"}),
         seed=True,
         logprobs=True,
@@ -156,21 +158,13 @@ PROFILES: Mapping[str, Profile] = MappingProxyType({
     ),
     ServerProfile.llamacpp_server.value: Profile(
         name="llamacpp_server",
+        # llama-server's own defaults are top_k 40, top_p 0.95, min_p 0.05 (common/common.h): sent as "off".
         fields=_fields(
-            **{**_OPENAI_FIELDS,
-               "presence_penalty": WireField("presence_penalty", neutral=0.0),
-               "frequency_penalty": WireField("frequency_penalty", neutral=0.0)},
-            # llama-server's own defaults are top_k 40, top_p 0.95, min_p 0.05 (common/common.h): sent as "off".
-            top_k=WireField("top_k", extra_body=True, neutral=0),
-            min_p=WireField("min_p", extra_body=True, neutral=0.0),
+            **_LLAMACPP_FIELDS,
             typical_p=WireField("typical_p", extra_body=True, neutral=1.0),
-            repetition_penalty=WireField("repeat_penalty", extra_body=True, neutral=1.0),
             # Its default window (64) is the in-process llamacpp backend's too; it refuses -1 (HTTP 400).
             repeat_last_n=WireField("repeat_last_n", extra_body=True),
             mirostat_mode=WireField("mirostat", extra_body=True, neutral=0),
-            mirostat_tau=WireField("mirostat_tau", extra_body=True),
-            mirostat_eta=WireField("mirostat_eta", extra_body=True),
-            grammar=WireField("grammar", extra_body=True),
         ),
         max_tokens_field=MappingProxyType({Endpoint.chat: "max_tokens", Endpoint.completions: "max_tokens"}),
         seed=True,

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import pytest
 
@@ -49,6 +49,21 @@ def set_up_or_skip(engine: str) -> float:
         return prepare(ServeOptions(engine)).ready_timeout_s
     except EngineUnavailable as error:
         pytest.skip(f"{engine} cannot run on this machine: {error}")
+
+
+def serving(engine: str, tmp_path_factory, *serve_args: str) -> Iterator[ServedEngine]:
+    """A module fixture's body: set the engine up (or skip), start it, yield it, stop it.
+
+    ``server.timeout`` is the engine's start-up timeout, for restarts.
+    """
+    timeout = set_up_or_skip(engine)
+    server = ServedEngine(engine, tmp_path_factory.mktemp(engine) / "server.log", *serve_args)
+    server.timeout = timeout
+    server.start(timeout)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def generate_command(*args: str) -> list[str]:

@@ -26,7 +26,7 @@ import pytest
 
 from experiments.servers.cached_setup import cpu_flags
 from tests.integration.served import (ServedEngine, assert_all_stories_once, assert_ok, backend_args, finish,
-                                      restart_later, run_generate, set_up_or_skip, start_generate, stories_of,
+                                      restart_later, run_generate, serving, set_up_or_skip, start_generate, stories_of,
                                       texts, wait_for_lines)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -43,14 +43,7 @@ GREEDY = ("sampling.n=1", "sampling.max_tokens=24", "sampling.temperature=0")
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    timeout = set_up_or_skip("llama-server")  # builds once per machine (cached); skips where it cannot run
-    server = ServedEngine("llama-server", tmp_path_factory.mktemp("llama-server") / "server.log", "--parallel", "4")
-    server.timeout = timeout
-    server.start(timeout)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serving("llama-server", tmp_path_factory, "--parallel", "4")  # built once per machine (cached)
 
 
 def args(server, out, *more):

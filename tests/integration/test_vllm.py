@@ -18,9 +18,8 @@ import time
 
 import pytest
 
-from tests.integration.served import (ServedEngine, assert_all_stories_once, assert_ok, backend_args, finish,
-                                      restart_later, run_generate, set_up_or_skip, start_generate, stories_of,
-                                      texts, wait_for_lines)
+from tests.integration.served import (assert_all_stories_once, assert_ok, backend_args, finish, restart_later,
+                                      run_generate, serving, start_generate, stories_of, texts, wait_for_lines)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,14 +28,7 @@ PROFILE = "vllm"
 
 @pytest.fixture(scope="module")
 def vllm(tmp_path_factory):
-    timeout = set_up_or_skip("vllm")
-    server = ServedEngine("vllm", tmp_path_factory.mktemp("vllm") / "server.log")
-    server.timeout = timeout
-    server.start(timeout)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serving("vllm", tmp_path_factory)
 
 
 def args(server, out, *more):
