@@ -139,9 +139,15 @@ class HFBackendConfig(BackendConfig):
     # Row-tiled kernels: a story's numbers do not depend on its batch-mates
     # (experiments/backends/row_tiles.py). false is faster and not reproducible.
     batch_invariant: bool = True
+    # static: continuous batching on a static KV cache (Llama-family models);
+    # transformers: the model's own modules, any architecture, the stories of
+    # versions before the static decoder; auto: static where it can run.
+    decoder: str = "auto"
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "backend.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.decoder in ("auto", "static", "transformers"), "backend.decoder", self.decoder,
+               "auto, static or transformers")
         _check(self.dtype in ("auto", "float32", "bfloat16"), "backend.dtype", self.dtype,
                "auto, float32 or bfloat16")
 

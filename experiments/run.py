@@ -127,6 +127,7 @@ def run_generation(configs: list[GenerateConfig], resolved_configs: Optional[lis
     show = configs[0].progress if progress is None and configs else bool(progress)
     bar = tqdm(total=missing, unit="story", desc="generate", disable=not show, dynamic_ncols=True)
     started, generated, tokens = time.perf_counter(), 0, 0
+    rate = _TokenRate(bar, started)
     failed: list[FailedStory] = []
     try:
         for plan in plans:
@@ -137,6 +138,9 @@ def run_generation(configs: list[GenerateConfig], resolved_configs: Optional[lis
                 plan.backend.load()
             run_record = _start_job(job_dir, plan)
             written = 0
+            streams_tokens = hasattr(plan.backend, "on_tokens")
+            if streams_tokens:
+                plan.backend.on_tokens = rate.add
             for story in plan.backend.generate(plan.missing, plan.config.sampling) if plan.missing else ():
                 bar.update(1)
                 if isinstance(story, FailedStory):
@@ -148,13 +152,36 @@ def run_generation(configs: list[GenerateConfig], resolved_configs: Optional[lis
                     written += 1
                     generated += 1
                     tokens += story.n_tokens
-                bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - started, 1e-9):.1f}", refresh=False)
+                    if not streams_tokens:
+                        rate.add(story.n_tokens)
             _finish_job(job_dir, run_record, written)
     finally:
+        for plan in plans:
+            if getattr(plan.backend, "on_tokens", None) is rate.add:
+                plan.backend.on_tokens = None
         bar.close()
     return RunSummary(out_dirs=sorted(stores), settings=len(plans), requested=requested,
                       already_present=requested - missing, generated=generated, tokens=tokens,
                       seconds=time.perf_counter() - started, failed=failed)
+
+
+class _TokenRate:
+    """The progress bar's tokens/s: of every token made, as the backend makes them.
+
+    A backend that decodes many stories at once reports each step's tokens
+    (``on_tokens``), so the rate is the whole batch's, not only of the
+    stories finished so far; others count a story's tokens when it is done.
+    """
+
+    def __init__(self, bar, started: float):
+        self.bar, self.started, self.tokens, self.shown = bar, started, 0, 0.0
+
+    def add(self, count: int) -> None:
+        self.tokens += count
+        now = time.perf_counter()
+        if now - self.shown >= 0.5:  # a postfix per decoding step would cost more than the step
+            self.shown = now
+            self.bar.set_postfix(tok_s=f"{self.tokens / max(now - self.started, 1e-9):.1f}")
 
 
 def _story_record(plan: SettingPlan, story) -> dict[str, Any]:

@@ -2,15 +2,26 @@
 
 ``model.generate`` draws every row of a batch from one random generator, so a
 story would depend on which other stories shared its batch. This backend runs
-its own short decoding loop instead: one ``torch.Generator`` per story, seeded
-with the story's seed, and finished stories leave the batch (and the KV cache)
-at once. Every matrix multiply and every reduction over the vocabulary runs
-on row tiles of a fixed size (``row_tiles.py``), because CPU kernels change
-their order of summation with the number of rows; so a story's text and
-log-probs are the same whatever the batch size, ``n`` or a resume put beside
-it, in bfloat16 as in float32. The logit transforms are transformers' own warpers, applied in
-llama.cpp's order so both in-process backends sample the same distribution:
-logit bias, penalties, top-k, typical, top-p, min-p, temperature.
+its own decoding loop instead, with one ``torch.Generator`` per story, seeded
+with the story's seed, and one of two decoders:
+
+- ``static`` (the default for Llama-family models): the model's weights run
+  on a static KV cache with continuous batching (``static_decoder.py``,
+  ``continuous.py``): a finished story's slot takes the next story at once.
+- ``transformers``: the model's own modules, a batch at a time, finished
+  stories leaving the batch; any architecture transformers loads. This is
+  the decoder of harness versions before the static one, and makes their
+  stories again, byte for byte.
+
+Either way every matrix multiply and every reduction over the vocabulary
+runs on row tiles of a fixed size (``row_tiles.py``), because CPU kernels
+change their order of summation with the number of rows; so a story's text
+and log-probs are the same whatever the batch size, ``n`` or a resume put
+beside it, in bfloat16 as in float32. The two decoders sum in different
+orders, so a story's bits depend on the decoder, which is part of its id.
+The logit transforms are transformers' own warpers, applied in llama.cpp's
+order so both in-process backends sample the same distribution: logit
+bias, penalties, top-k, typical, top-p, min-p, temperature.
 """
 
 from __future__ import annotations
@@ -23,8 +34,11 @@ from typing import Any, Iterator, Optional
 from experiments.backends.base import Backend, GeneratedStory, StoryRequest
 from experiments.backends.row_tiles import ROWS_PER_TILE, map_row_tiles, tile_linear_layers
 from experiments.config import ConfigError, HFBackendConfig, SamplingConfig
-from experiments.models import (gguf_chat_metadata, load_transformers_causal_lm, model_identity,
-                               resolve_dtype, resolve_model_path)
+from experiments.backends.continuous import decode_continuously
+from experiments.backends.static_decoder import (GGUF_ARCHITECTURES, STATIC_ROWS_PER_TILE, StaticDecoder,
+                                                 cache_length, unsupported_reason)
+from experiments.models import (gguf_chat_metadata, load_transformers_causal_lm, model_identity, resolve_dtype,
+                               resolve_model_path)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +59,10 @@ class HFBackend(Backend):
         self.model_path: Path = resolve_model_path(config.model_path, config.model_package, config.model_file)
         self._identity = model_identity(self.model_path)
         self.dtype = resolve_dtype(config.dtype)
-        self.model = self.tokenizer = None
+        self.model = self.tokenizer = self.static = None
+        self.decoder = config.decoder  # "auto" until the model is loaded and its architecture known
+        # Told the number of tokens each decoding step made (the progress bar's rate).
+        self.on_tokens = None
 
     def load(self) -> None:
         if self.model is not None:
@@ -55,7 +72,14 @@ class HFBackend(Backend):
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         self.model, self.tokenizer = load_transformers_causal_lm(self.model_path, self.dtype)
-        if self.config.batch_invariant:
+        reason = unsupported_reason(self.model)
+        if self._decoder_name() == "static" and reason:
+            # Refused rather than switched: the stories' ids already name the static decoder.
+            raise ConfigError(f"backend.decoder={self.config.decoder} chose the static decoder, which cannot run "
+                              f"{self.model_path.name}: {reason}; set backend.decoder=transformers")
+        if self.decoder == "static":
+            self.static = StaticDecoder(self.model, STATIC_ROWS_PER_TILE if self.config.batch_invariant else None)
+        elif self.config.batch_invariant:
             tile_linear_layers(self.model)
         self.end_ids = self._end_of_turn_ids()
 
@@ -64,14 +88,27 @@ class HFBackend(Backend):
         ids = {self.tokenizer.eos_token_id} | {vocab[text] for text in END_OF_TURN_TEXTS if text in vocab}
         return sorted(i for i in ids if i is not None)
 
+    def _decoder_name(self) -> str:
+        if self.decoder == "auto":  # a story's id is needed before its model loads: decide from the GGUF header
+            architecture = gguf_chat_metadata(self.model_path).get("architecture")
+            self.decoder = "static" if architecture in GGUF_ARCHITECTURES else "transformers"
+            if self.decoder == "transformers":
+                log.info("hf: GGUF architecture %r has no static decoder; decoding with transformers' modules",
+                         architecture)
+        return self.decoder
+
     def identity(self) -> dict[str, Any]:
+        static = self._decoder_name() == "static"
+        rows = (STATIC_ROWS_PER_TILE if static else ROWS_PER_TILE) if self.config.batch_invariant else None
         return {"model": self.model_path.name, **self._identity, "runtime": "transformers", "precision": self.dtype,
-                "rows_per_tile": ROWS_PER_TILE if self.config.batch_invariant else None}
+                "decoder": self._decoder_name(), "rows_per_tile": rows}
 
     def variant(self) -> str:
-        # Precision and kernels change the numbers, so stories made either way never share ids.
+        # Precision, kernels and decoder change the numbers, so stories made either way never share ids.
+        # The transformers decoder keeps the ids of the versions before the static one.
         precision = "" if self.dtype == "float32" else f":{self.dtype}"
-        return precision + ("" if self.config.batch_invariant else ":batch-variant")
+        decoder = ":static" if self._decoder_name() == "static" else ""
+        return precision + decoder + ("" if self.config.batch_invariant else ":batch-variant")
 
     def chat_metadata(self) -> Optional[dict[str, Any]]:
         return gguf_chat_metadata(self.model_path)
@@ -83,8 +120,47 @@ class HFBackend(Backend):
         for request in requests:
             by_prompt.setdefault(request.prompt, []).append(request)
         for prompt_requests in by_prompt.values():
+            if self.static is not None:
+                yield from self._generate_continuously(prompt_requests, sampling)
+                continue
             for start in range(0, len(prompt_requests), batch_size):
                 yield from self._generate_batch(prompt_requests[start:start + batch_size], sampling)
+
+    def _check_context(self, prompt_length: int, sampling: SamplingConfig) -> None:
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if context and prompt_length + sampling.max_tokens > context:
+            raise ConfigError(
+                f"sampling.max_tokens={sampling.max_tokens} plus the prompt's {prompt_length} tokens exceed "
+                f"the model's context of {context} tokens; lower max_tokens")
+
+    def _generate_continuously(self, requests: list[StoryRequest], sampling: SamplingConfig) -> Iterator[GeneratedStory]:
+        prompt_ids = self._prompt_ids(requests[0].prompt)
+        self._check_context(len(prompt_ids), sampling)
+        # The cache's length is part of a story's numbers (attention spans all of it),
+        # so it comes from the story's own prompt and max_tokens alone.
+        self.static.allocate(self.config.batch_size, cache_length(len(prompt_ids), sampling.max_tokens))
+        transform = _logit_transform(sampling, self.model.config.vocab_size)
+
+        def choose(*rows):
+            return choose_tokens(transform, sampling.temperature, *rows)
+
+        has_stopped = None
+        if sampling.stop:
+            def has_stopped(tokens: list[int]) -> bool:
+                return self._text_before_stop(tokens, sampling.stop) is not None
+
+        for finished in decode_continuously(self.static, requests, sampling, prompt_ids, self.config.batch_size,
+                                            set(self.end_ids), choose, has_stopped, self.on_tokens):
+            story = finished.story
+            ids = story.tokens[:-1] if finished.ended else story.tokens
+            stopped_text = self._text_before_stop(ids, sampling.stop) if sampling.stop and not finished.ended else None
+            yield GeneratedStory(
+                request=story.request,
+                text=stopped_text if stopped_text is not None else self.tokenizer.decode(ids, skip_special_tokens=True),
+                n_tokens=len(ids),
+                finish_reason="length" if stopped_text is None and not finished.ended else "stop",
+                token_logprobs=story.logprobs[:len(ids)],
+                latency_s=time.perf_counter() - story.started)
 
     def _prompt_ids(self, prompt: str) -> list[int]:
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -100,11 +176,7 @@ class HFBackend(Backend):
         transform = _logit_transform(sampling, self.model.config.vocab_size)
         generators = [torch.Generator().manual_seed(request.seed) for request in batch]
         prompt_ids = torch.tensor([self._prompt_ids(batch[0].prompt)])
-        context = getattr(self.model.config, "max_position_embeddings", None)
-        if context and prompt_ids.shape[1] + sampling.max_tokens > context:
-            raise ConfigError(
-                f"sampling.max_tokens={sampling.max_tokens} plus the prompt's {prompt_ids.shape[1]} tokens exceed "
-                f"the model's context of {context} tokens; lower max_tokens")
+        self._check_context(prompt_ids.shape[1], sampling)
         active = list(range(len(batch)))  # positions in `batch` still generating
         generated = torch.empty((len(batch), 0), dtype=torch.long)
         logprobs: list[list[float]] = [[] for _ in batch]
@@ -227,11 +299,16 @@ def _logit_transform(sampling: SamplingConfig, vocab_size: int):
     if sampling.temperature > 0 and sampling.temperature != 1:
         warpers.append(TemperatureLogitsWarper(sampling.temperature))
 
-    def transform(generated: "torch.Tensor", logits: "torch.Tensor"):
-        """(scores, candidate token ids or None when scores cover the whole vocabulary)."""
+    def transform(generated: Optional["torch.Tensor"], logits: "torch.Tensor"):
+        """(scores, candidate token ids or None when scores cover the whole vocabulary).
+
+        ``generated``: each row's tokens so far, left-padded with -1; None when no penalty applies.
+        """
         scores = logits if bias is None else logits + bias
-        window = generated if not sampling.repeat_last_n or sampling.repeat_last_n < 0 else generated[:, -sampling.repeat_last_n:]
-        if sampling.repeat_last_n != 0 and window.shape[1] > 0:
+        window = None
+        if generated is not None:
+            window = generated if not sampling.repeat_last_n or sampling.repeat_last_n < 0 else generated[:, -sampling.repeat_last_n:]
+        if sampling.repeat_last_n != 0 and window is not None and window.shape[1] > 0:
             scores = apply_penalties(scores, window, sampling.repetition_penalty,
                                      sampling.presence_penalty, sampling.frequency_penalty)
         candidates = None
@@ -247,7 +324,7 @@ def _logit_transform(sampling: SamplingConfig, vocab_size: int):
 
 def apply_penalties(scores, window, repetition: Optional[float], presence: Optional[float],
                     frequency: Optional[float]):
-    """Penalise tokens seen in ``window`` (the recently generated tokens).
+    """Penalise tokens seen in ``window`` (the recently generated tokens; -1 pads a row).
 
     Repetition is multiplicative (CTRL; divide positive logits, multiply
     negative ones); presence and frequency are additive (OpenAI). llama.cpp's
@@ -257,7 +334,8 @@ def apply_penalties(scores, window, repetition: Optional[float], presence: Optio
     """
     import torch
 
-    counts = torch.zeros_like(scores).scatter_add_(1, window, torch.ones_like(window, dtype=scores.dtype))
+    # A pad adds an exact 0 to token 0's count.
+    counts = torch.zeros_like(scores).scatter_add_(1, window.clamp(min=0), (window >= 0).to(scores.dtype))
     seen = counts > 0
     if repetition is not None and repetition != 1:
         penalised = torch.where(scores > 0, scores / repetition, scores * repetition)
