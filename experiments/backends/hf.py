@@ -42,6 +42,9 @@ from experiments.models import (gguf_chat_metadata, load_transformers_causal_lm,
 
 log = logging.getLogger(__name__)
 
+# Generated tokens the static cache holds at first; it grows (doubling) only when a story runs longer.
+INITIAL_CACHE_TOKENS = 512
+
 # Texts llama.cpp also treats as end of generation; listed here so both
 # backends stop on the same tokens.
 END_OF_TURN_TEXTS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>", "</s>", "<|end|>")
@@ -136,9 +139,20 @@ class HFBackend(Backend):
     def _generate_continuously(self, requests: list[StoryRequest], sampling: SamplingConfig) -> Iterator[GeneratedStory]:
         prompt_ids = self._prompt_ids(requests[0].prompt)
         self._check_context(len(prompt_ids), sampling)
-        # The cache's length is part of a story's numbers (attention spans all of it),
-        # so it comes from the story's own prompt and max_tokens alone.
-        self.static.allocate(self.config.batch_size, cache_length(len(prompt_ids), sampling.max_tokens))
+        slots, length = min(self.config.batch_size, len(requests)), cache_length(len(prompt_ids), sampling.max_tokens)
+        initial = min(length, cache_length(len(prompt_ids), INITIAL_CACHE_TOKENS))
+        worst, available = self.static.cache_bytes(slots, length), available_memory_bytes()
+        if available is not None and self.static.cache_bytes(slots, initial) > available:
+            raise ConfigError(
+                f"the static decoder's cache for backend.batch_size={self.config.batch_size} stories needs "
+                f"{self.static.cache_bytes(slots, initial) / 2**30:.1f} GiB to start, and "
+                f"{available / 2**30:.1f} GiB of memory is available; lower backend.batch_size")
+        if available is not None and worst > available:
+            log.warning("if the longest story of a step reaches sampling.max_tokens=%d, the static cache grows to "
+                        "%.1f GiB, more than the %.1f GiB available now; lower backend.batch_size if it runs out "
+                        "(finished stories are kept either way)", sampling.max_tokens, worst / 2**30,
+                        available / 2**30)
+        self.static.allocate(slots, length, initial)
         transform = _logit_transform(sampling, self.model.config.vocab_size)
 
         def choose(*rows):
@@ -240,6 +254,17 @@ class HFBackend(Backend):
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         positions = [text.find(sequence) for sequence in stop if sequence in text]
         return text[:min(positions)] if positions else None
+
+
+def available_memory_bytes() -> Optional[int]:
+    """MemAvailable from /proc/meminfo (Linux), or None where there is none."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def choose_tokens(transform, temperature: float, generated, logits, uniforms):

@@ -122,27 +122,57 @@ class StaticDecoder:
         self.final_norm = decoder.norm.weight.detach()
         self.lm_head = Projection(model.lm_head.weight, model.lm_head.bias, rows_per_tile)
         self.layers = [self._layer(layer) for layer in decoder.layers]
-        self.slots = self.max_len = 0
+        self.slots = self.max_len = self.cached_len = 0
+        self.keys = self.values = None
 
-    def allocate(self, slots: int, max_len: int) -> None:
-        """A zeroed cache of ``slots`` sequences of ``max_len`` positions (a whole number of chunks)."""
-        if max_len % ATTENTION_CHUNK:
-            raise ValueError(f"max_len={max_len} is not a multiple of {ATTENTION_CHUNK} (see cache_length)")
-        if (slots, max_len) == (self.slots, self.max_len):
+    def cache_bytes(self, slots: int, positions: int) -> int:
+        """Memory of the keys and values for ``slots`` sequences of ``positions`` positions."""
+        return 2 * len(self.layers) * slots * self.kv_heads * positions * self.head_dim * self.embed.element_size()
+
+    def allocate(self, slots: int, max_len: int, initial_len: Optional[int] = None) -> None:
+        """A zeroed cache of ``slots`` sequences of up to ``max_len`` positions (whole chunks).
+
+        It holds ``initial_len`` positions at first (default all) and grows
+        as the longest story needs more, so a run whose stories end long
+        before ``max_tokens`` never holds a cache for ``max_tokens``. Its
+        length does not change any number: attention reads the chunks the
+        longest row has reached, whatever the cache holds beyond them.
+        """
+        initial_len = initial_len or max_len
+        if max_len % ATTENTION_CHUNK or initial_len % ATTENTION_CHUNK:
+            raise ValueError(f"cache lengths {initial_len} and {max_len} must be multiples of {ATTENTION_CHUNK} "
+                             "(see cache_length)")
+        if slots == self.slots and max_len <= self.max_len and self.cached_len >= initial_len:
             self.keys.zero_()
             self.values.zero_()
             return
         self.slots, self.max_len = slots, max_len
         self.cos, self.sin = self._rotary_tables(self.rotary, max_len)
-        chunks = max_len // ATTENTION_CHUNK
+        self.positions = torch.arange(max_len)
+        self.keys = self.values = None
+        self._resize(min(initial_len, max_len))
+
+    def _resize(self, length: int) -> None:
+        """Hold ``length`` positions, keeping what is cached (zeros after it)."""
+        chunks = length // ATTENTION_CHUNK
         # Keys chunk by chunk, each chunk transposed (head_dim x chunk): a query times a chunk is then a
         # plain matrix product, measured 2.5x faster than against keys stored position-major.
-        self.keys = torch.zeros((len(self.layers), slots, self.kv_heads, chunks, self.head_dim, ATTENTION_CHUNK),
-                                dtype=self.dtype)
+        keys = torch.zeros((len(self.layers), self.slots, self.kv_heads, chunks, self.head_dim, ATTENTION_CHUNK),
+                           dtype=self.dtype)
         # Zeros, not empty: an unseen position's weight is an exact zero, and zero times a stray NaN
         # from uninitialised memory would be NaN.
-        self.values = torch.zeros((len(self.layers), slots, self.kv_heads, max_len, self.head_dim), dtype=self.dtype)
-        self.positions = torch.arange(max_len)
+        values = torch.zeros((len(self.layers), self.slots, self.kv_heads, length, self.head_dim), dtype=self.dtype)
+        if self.keys is not None:
+            keys[:, :, :, :self.keys.shape[3]] = self.keys
+            values[:, :, :, :self.values.shape[3]] = self.values
+        self.keys, self.values, self.cached_len = keys, values, length
+
+    def _hold(self, length: int) -> None:
+        """Grow the cache (doubling, up to ``max_len``) until it holds ``length`` positions."""
+        if length > self.max_len:
+            raise ValueError(f"position {length - 1} is past the cache's {self.max_len} positions")
+        if length > self.cached_len:
+            self._resize(min(self.max_len, max(length, 2 * self.cached_len)))
 
     def _layer(self, layer) -> _Layer:
         attention, mlp, rows = layer.self_attn, layer.mlp, self.rows_per_tile
@@ -163,7 +193,9 @@ class StaticDecoder:
         """cos and sin for every position, from the model's own rotary module (so any rope scaling applies)."""
         probe = torch.zeros(1, dtype=self.dtype)
         cos, sin = rotary(probe, torch.arange(max_len)[None, :])
-        return cos[0].contiguous(), sin[0].contiguous()
+        # The sign of rotate_half folded into sin, so that rotating is a roll: -x2 * sin == x2 * -sin exactly.
+        half = self.head_dim // 2
+        return cos[0].contiguous(), torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1).contiguous()
 
     # -- the pieces of a layer ------------------------------------------------------------------------------
 
@@ -171,13 +203,12 @@ class StaticDecoder:
         # In float32 and cast back before the weight, as transformers' LlamaRMSNorm does.
         return weight * F.rms_norm(hidden.float(), (self.hidden,), eps=self.eps).to(self.dtype)
 
-    def _rotate(self, heads: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = self.head_dim // 2
-        rotated = torch.cat((-heads[..., half:], heads[..., :half]), dim=-1)
-        return heads * cos + rotated * sin
+    def _rotate(self, heads: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+        """transformers' rotary embedding, ``x * cos + rotate_half(x) * sin``, with the sign in ``signed_sin``."""
+        return heads * cos + heads.roll(self.head_dim // 2, dims=-1) * signed_sin
 
     def _attend(self, queries, keys, values, unseen, seen):
-        """Each row's queries over its cache, chunk by chunk; positions it has not reached are masked.
+        """Each row's (scaled) queries over its cache, chunk by chunk; positions it has not reached are masked.
 
         Written out rather than ``scaled_dot_product_attention``: for one
         query position over a masked cache, torch's CPU kernel measured 2.5x
@@ -188,7 +219,7 @@ class StaticDecoder:
         rows, kv_heads, chunks, head_dim, _ = keys.shape
         values = values.view(rows, kv_heads, chunks, ATTENTION_CHUNK, head_dim)
         # (rows, kv heads, chunks, group, chunk)
-        scores = torch.matmul(queries, keys).float().mul_(head_dim ** -0.5).add_(unseen)
+        scores = torch.matmul(queries, keys).float().add_(unseen)
         # A weight below e**-30 of the row's largest counts as e**-30 (its share stays under 1e-10 of the
         # row): that keeps the arithmetic off subnormal numbers, which measured 10x slower here. Unseen
         # positions are then zeroed exactly.
@@ -243,6 +274,7 @@ class StaticDecoder:
         """Put a prompt's keys and values at the start of ``slot``."""
         length = prompt_cache[0][0].shape[1]
         chunks = -(-length // ATTENTION_CHUNK)
+        self._hold(chunks * ATTENTION_CHUNK)
         for index, (keys, values) in enumerate(prompt_cache):
             padded = F.pad(keys, (0, 0, 0, chunks * ATTENTION_CHUNK - length))
             self.keys[index, slot, :, :chunks] = padded.view(self.kv_heads, chunks, ATTENTION_CHUNK,
@@ -275,9 +307,10 @@ class StaticDecoder:
         group = self.heads // self.kv_heads
         slot_index = torch.arange(count)
         chunk_index, in_chunk = positions // ATTENTION_CHUNK, positions % ATTENTION_CHUNK
-        cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
         chunks = int(chunk_index.max()) + 1
         length = chunks * ATTENTION_CHUNK
+        self._hold(length)
+        cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
         # (count, 1, chunks, 1, chunk): the positions a row sees (up to its current one) as 1.0 and, for
         # the scores' maximum, as an additive 0 (seen) or -inf (not).
         seen = (self.positions[None, :length] <= positions[:, None]).view(count, 1, chunks, 1, ATTENTION_CHUNK).float()
@@ -290,7 +323,8 @@ class StaticDecoder:
             keys[slot_index, :, chunk_index, :, in_chunk] = qk[:, self.heads:]
             values[slot_index, :, positions] = qkv[:, q_size + kv_size:].view(count, self.kv_heads, self.head_dim)
             # Grouped-query attention as `group` queries per KV head: each KV head is read once.
-            queries = qk[:, :self.heads].reshape(count, self.kv_heads, 1, group, self.head_dim)
+            # Scaled before the product, not after: one multiply on the queries instead of one on every score.
+            queries = (qk[:, :self.heads] * self.head_dim ** -0.5).reshape(count, self.kv_heads, 1, group, self.head_dim)
             attended = self._attend(queries, keys[:, :, :chunks], values[:, :, :length], unseen, seen)
             hidden = hidden + layer.output(self._pad_rows(attended.reshape(count, q_size)))
             hidden = hidden + self._mlp(self._norm(hidden, layer.post_norm), layer)
