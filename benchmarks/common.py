@@ -64,6 +64,14 @@ def print_rows(rows: list[Row], as_json: bool = False, title: str = "") -> None:
     print(markdown_table(rows), flush=True)
 
 
+def print_benchmark(name: str, rows: list[Row], rounds: int, as_json: bool = False) -> None:
+    """A benchmark's rows under a heading with the time, the cores and the rounds (rows only with --json)."""
+    if not as_json:
+        print(f"# {name} benchmark, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {os.cpu_count()} cores, "
+              f"median of {rounds} round(s)\n")
+    print_rows(rows, as_json=as_json)
+
+
 def _number(value: Optional[float], digits: int) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""

@@ -34,7 +34,6 @@ import argparse
 import concurrent.futures
 import contextlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.common import Row, add_json_flag, peak_rss_mb, print_rows
+from benchmarks.common import Row, add_json_flag, peak_rss_mb, print_benchmark
 from benchmarks.engines import group_peak_rss_mb, sampling, timed_run
 from benchmarks.generation import PAPER_PROMPT
 from experiments.config import GenerateConfig, HFBackendConfig, OpenAIBackendConfig
@@ -254,10 +253,7 @@ def main() -> None:
             peak: Optional[float] = max(run["peak_rss_mb"] or 0 for run in runs) or None
             rows.append(Row("decoding", name, f"{args.stories} stories x up to {length} tokens ({tokens} made)",
                             statistics.median(run["seconds"] for run in runs), rate(runs), "tokens/s", peak, ratio))
-    if not args.json:
-        print(f"# decoding benchmark, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {os.cpu_count()} cores, "
-              f"median of {args.rounds} round(s)\n")
-    print_rows(rows, as_json=args.json)
+    print_benchmark("decoding", rows, args.rounds, as_json=args.json)
 
 
 if __name__ == "__main__":

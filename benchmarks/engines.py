@@ -27,11 +27,10 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.common import Row, add_json_flag, peak_rss_mb, print_rows
+from benchmarks.common import Row, add_json_flag, peak_rss_mb, print_benchmark
 from benchmarks.generation import PAPER_PROMPT
 from experiments.config import (GenerateConfig, HFBackendConfig, LlamaCppBackendConfig, OpenAIBackendConfig,
                                 SamplingConfig)
@@ -139,10 +138,7 @@ def main() -> None:
         ratio = f"{rate / reference:.2f}x the paper's loop" if reference else ""
         rows.append(Row("engines", name, f"{args.stories} stories x up to {args.max_tokens} tokens ({tokens} made)",
                         seconds, rate, "tokens/s", peak, "; ".join(filter(None, [ratio, notes.get(name, "")]))))
-    if not args.json:
-        print(f"# engines benchmark, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {os.cpu_count()} cores, "
-              f"median of {args.rounds} round(s)\n")
-    print_rows(rows, as_json=args.json)
+    print_benchmark("engines", rows, args.rounds, as_json=args.json)
 
 
 if __name__ == "__main__":
