@@ -63,7 +63,7 @@ class HFBackend(Backend):
         self._identity = model_identity(self.model_path)
         self.dtype = resolve_dtype(config.dtype)
         self.model = self.tokenizer = self.static = None
-        self.decoder = config.decoder  # "auto" until the model is loaded and its architecture known
+        self.decoder = config.decoder  # "auto" until _decoder_name reads the architecture from the GGUF header
         # Told the number of tokens each decoding step made (the progress bar's rate).
         self.on_tokens = None
 
