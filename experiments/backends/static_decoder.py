@@ -34,8 +34,9 @@ SUPPORTED_ARCHITECTURES = frozenset({"LlamaForCausalLM", "MistralForCausalLM", "
 GGUF_ARCHITECTURES = frozenset({"llama", "mistral", "qwen2"})
 
 # Rows of every matrix multiply. A constant, not a setting: a story's numbers
-# depend on it. 64 because CPU matrix multiplies only reach their speed from
-# about that many rows (benchmarks/decoding.py measures the step).
+# depend on it. 32 rather than 64: with 32 or fewer stories running, 64-row
+# tiles made the whole run about 1.5x as long (32 stories x 256 tokens,
+# alternating: 402 and 427 tokens/s with 32 rows, 251 and 285 with 64).
 STATIC_ROWS_PER_TILE = 32
 
 # Attention reads the cache in chunks of this many positions; the cache's
