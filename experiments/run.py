@@ -138,9 +138,9 @@ def run_generation(configs: list[GenerateConfig], resolved_configs: Optional[lis
                 plan.backend.load()
             run_record = _start_job(job_dir, plan)
             written = 0
-            streams_tokens = hasattr(plan.backend, "on_tokens")
-            if streams_tokens:
-                plan.backend.on_tokens = rate.add
+            # A backend that reports each step's tokens drives the rate; for the others, finished stories do.
+            streams_tokens = plan.backend.reports_tokens
+            plan.backend.on_tokens = rate.add if streams_tokens else None
             for story in plan.backend.generate(plan.missing, plan.config.sampling) if plan.missing else ():
                 bar.update(1)
                 if isinstance(story, FailedStory):
@@ -156,9 +156,8 @@ def run_generation(configs: list[GenerateConfig], resolved_configs: Optional[lis
                         rate.add(story.n_tokens)
             _finish_job(job_dir, run_record, written)
     finally:
-        for plan in plans:
-            if getattr(plan.backend, "on_tokens", None) is rate.add:
-                plan.backend.on_tokens = None
+        for plan in plans:  # backends outlive the run (they are cached); the bar does not
+            plan.backend.on_tokens = None
         bar.close()
     return RunSummary(out_dirs=sorted(stores), settings=len(plans), requested=requested,
                       already_present=requested - missing, generated=generated, tokens=tokens,

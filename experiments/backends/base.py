@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Optional
+from typing import Any, Callable, ClassVar, Iterator, Optional
 
 from experiments.config import BackendConfig, ConfigError, PromptConfig, SamplingConfig
 from experiments.prompts import render_prompt
@@ -80,6 +80,10 @@ class Backend(ABC):
     name: ClassVar[str]
     # Parameters beyond ALWAYS_HONOURED that this backend applies.
     supported_parameters: ClassVar[frozenset[str]]
+    # True for a backend that calls ``on_tokens(count)`` after each decoding step
+    # with the tokens that step made (so progress counts stories still running).
+    reports_tokens: ClassVar[bool] = False
+    on_tokens: Optional[Callable[[int], None]] = None
 
     @classmethod
     def check_supported(cls, sampling: SamplingConfig, backend: BackendConfig) -> None:

@@ -52,6 +52,7 @@ END_OF_TURN_TEXTS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>
 
 class HFBackend(Backend):
     name = "hf"
+    reports_tokens = True
     supported_parameters = frozenset({
         "top_p", "top_k", "min_p", "typical_p", "repetition_penalty", "presence_penalty",
         "frequency_penalty", "repeat_last_n", "logit_bias", "stop",
@@ -64,8 +65,6 @@ class HFBackend(Backend):
         self.dtype = resolve_dtype(config.dtype)
         self.model = self.tokenizer = self.static = None
         self.decoder = config.decoder  # "auto" until _decoder_name reads the architecture from the GGUF header
-        # Told the number of tokens each decoding step made (the progress bar's rate).
-        self.on_tokens = None
 
     def load(self) -> None:
         if self.model is not None:
@@ -215,6 +214,8 @@ class HFBackend(Backend):
                 tokens, token_logprobs = (map_row_tiles(choose, generated, logits, uniforms)
                                           if self.config.batch_invariant else choose(generated, logits, uniforms))
                 token_logprobs = token_logprobs.tolist()
+                if self.on_tokens:
+                    self.on_tokens(len(active))
                 for row, index in enumerate(active):
                     logprobs[index].append(token_logprobs[row])
                 generated = torch.cat([generated, tokens[:, None]], dim=1)

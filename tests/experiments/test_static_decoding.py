@@ -54,3 +54,39 @@ def test_story_ids_name_the_decoder_and_keep_the_earlier_ones_for_transformers()
     static = HFBackend(HFBackendConfig(decoder="static")).identity()
     assert static["decoder"] == "static" and static["rows_per_tile"] == 32
     assert HFBackend(HFBackendConfig(decoder="transformers")).identity()["rows_per_tile"] == 16
+
+
+def test_the_progress_rate_counts_each_steps_tokens_and_shows_at_most_twice_a_second(monkeypatch):
+    from experiments import run
+
+    shown = []
+    bar = type("Bar", (), {"set_postfix": lambda self, **postfix: shown.append(postfix["tok_s"])})()
+    clock = iter([10.0, 10.1, 10.7, 11.0])
+    monkeypatch.setattr(run.time, "perf_counter", lambda: next(clock))
+    rate = run._TokenRate(bar, started=9.0)
+    for count in (32, 32, 32, 32):
+        rate.add(count)
+    assert rate.tokens == 128 and shown == [f"{32 / 1.0:.1f}", f"{96 / 1.7:.1f}"]
+
+
+@pytest.mark.slow
+def test_a_run_hands_the_backend_its_rate_and_takes_it_back(tmp_path):
+    from benchmarks.generation import PAPER_PROMPT
+    from experiments.config import GenerateConfig, SamplingConfig
+    from experiments.run import get_backend, run_generation
+
+    counted = []
+    config = GenerateConfig(backend=HFBackendConfig(), prompt=PAPER_PROMPT, out_dir=str(tmp_path), progress=False,
+                            sampling=SamplingConfig(temperature=1.0, max_tokens=6, n=3))
+    backend = get_backend(config)
+    backend.load()
+    original = backend.generate
+
+    def generate(*args):
+        for story in original(*args):
+            counted.append(backend.on_tokens is not None)
+            yield story
+
+    backend.generate = generate
+    summary = run_generation([config], progress=False)
+    assert summary.generated == 3 and all(counted) and backend.on_tokens is None
