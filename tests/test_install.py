@@ -137,6 +137,10 @@ def test_installed_modules_and_configs_come_from_the_venv(installed):
                  "survey_export.yaml", "survey_import.yaml", "hydra/launcher/local.yaml", "backend/hf.yaml"):
         assert (conf / name).is_file(), f"{name} is not in the wheel"
     assert not any(Path(entry).resolve() == REPO for entry in found["path"] if entry), "the checkout is on sys.path"
+    kernel = _run([str(installed["python"]), "-c", "from experiments.backends import attention_kernel as k; "
+                   "print(k.SOURCE.resolve(), k.SOURCE.is_file())"], cwd=installed["work"], env=installed["env"])
+    source, present = kernel.stdout.split()
+    assert Path(source).is_relative_to(venv) and present == "True", "the attention kernel's source is not in the wheel"
 
 
 @pytest.mark.slow

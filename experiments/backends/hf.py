@@ -8,6 +8,9 @@ with the story's seed, and one of two decoders:
 - ``static`` (the default for Llama-family models): the model's weights run
   on a static KV cache with continuous batching (``static_decoder.py``,
   ``continuous.py``): a finished story's slot takes the next story at once.
+  Its attention is a small C++ kernel compiled once per machine
+  (``attention_kernel.py``); where there is no compiler, ``auto`` takes the
+  transformers decoder and says so.
 - ``transformers``: the model's own modules, a batch at a time, finished
   stories leaving the batch; any architecture transformers loads. This is
   the decoder of harness versions before the static one, and makes their
@@ -31,12 +34,15 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from experiments.backends import attention_kernel
 from experiments.backends.base import Backend, GeneratedStory, StoryRequest
 from experiments.backends.row_tiles import ROWS_PER_TILE, map_row_tiles, tile_linear_layers
 from experiments.config import ConfigError, HFBackendConfig, SamplingConfig
 from experiments.backends.continuous import decode_continuously
+from experiments.backends.static_decoder import NUMERICS as STATIC_NUMERICS
 from experiments.backends.static_decoder import (GGUF_ARCHITECTURES, STATIC_ROWS_PER_TILE, StaticDecoder,
                                                  cache_length, unsupported_reason)
+from experiments.servers.cached_setup import SetupFailed
 from experiments.models import (gguf_chat_metadata, load_transformers_causal_lm, model_identity, resolve_dtype,
                                resolve_model_path)
 
@@ -80,7 +86,11 @@ class HFBackend(Backend):
             raise ConfigError(f"backend.decoder={self.config.decoder} chose the static decoder, which cannot run "
                               f"{self.model_path.name}: {reason}; set backend.decoder=transformers")
         if self.decoder == "static":
-            self.static = StaticDecoder(self.model, STATIC_ROWS_PER_TILE if self.config.batch_invariant else None)
+            try:
+                self.static = StaticDecoder(self.model, STATIC_ROWS_PER_TILE if self.config.batch_invariant else None)
+            except (RuntimeError, SetupFailed) as error:  # the attention kernel did not build
+                raise ConfigError(f"backend.decoder={self.config.decoder} chose the static decoder: {error}; "
+                                  "set backend.decoder=transformers") from error
         elif self.config.batch_invariant:
             tile_linear_layers(self.model)
         self.end_ids = self._end_of_turn_ids()
@@ -93,10 +103,17 @@ class HFBackend(Backend):
     def _decoder_name(self) -> str:
         if self.decoder == "auto":  # a story's id is needed before its model loads: decide from the GGUF header
             architecture = gguf_chat_metadata(self.model_path).get("architecture")
-            self.decoder = "static" if architecture in GGUF_ARCHITECTURES else "transformers"
-            if self.decoder == "transformers":
+            kernel_missing = attention_kernel.unavailable_reason()
+            self.decoder = "static" if architecture in GGUF_ARCHITECTURES and not kernel_missing else "transformers"
+            if architecture not in GGUF_ARCHITECTURES:
                 log.info("hf: GGUF architecture %r has no static decoder; decoding with transformers' modules",
                          architecture)
+            elif kernel_missing:
+                log.warning("hf: the static decoder's attention kernel cannot be built here (%s); decoding with "
+                            "transformers' modules, about half as fast", kernel_missing)
+        elif self.decoder == "static" and attention_kernel.unavailable_reason():
+            raise ConfigError(f"backend.decoder=static needs its attention kernel, which cannot be built here: "
+                              f"{attention_kernel.unavailable_reason()}; set backend.decoder=transformers or auto")
         return self.decoder
 
     def identity(self) -> dict[str, Any]:
@@ -109,7 +126,7 @@ class HFBackend(Backend):
         # Precision, kernels and decoder change the numbers, so stories made either way never share ids.
         # The transformers decoder keeps the ids of the versions before the static one.
         precision = "" if self.dtype == "float32" else f":{self.dtype}"
-        decoder = ":static" if self._decoder_name() == "static" else ""
+        decoder = f":{STATIC_NUMERICS}" if self._decoder_name() == "static" else ""
         return precision + decoder + ("" if self.config.batch_invariant else ":batch-variant")
 
     def chat_metadata(self) -> Optional[dict[str, Any]]:

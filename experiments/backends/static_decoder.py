@@ -6,17 +6,14 @@ batch 64 on 2 cores). This runs the same weights with a few fused tensors per
 layer instead, and gives every slot of the cache its own position, so that a
 finished story's slot can take the next story at once.
 
-Batch invariance rests on fixed shapes. Every matrix multiply sees exactly
+Batch invariance rests on two things. Every matrix multiply sees exactly
 ``rows_per_tile`` rows (see ``row_tiles.py`` for why the number of rows
-matters on a CPU). Attention reads only the cache positions the longest
-running row has reached, in chunks of ``ATTENTION_CHUNK`` positions, so its
-cost follows the stories' lengths and not ``max_tokens``; and every
-reduction in it is one whose order does not change with how many chunks
-there are: the maximum is exact, each chunk's sums have a fixed shape, and
-the chunks are added in order by a sequential scan (``cumsum``), where a
-chunk a row has not reached adds exact zeros. So a row's numbers are its
-own: they do not depend on the other rows, on which slot it sits in, or on
-how many tiles run.
+matters on a CPU). Attention is a kernel of our own
+(``decode_attention.cpp``, compiled once per machine by
+``attention_kernel.py``) whose every sum has the order its source gives it,
+and which reads each row's own positions and nothing else. So a row's
+numbers are its own: they do not depend on the other rows, on which slot it
+sits in, on how long the other stories are, or on how many tiles run.
 """
 
 from __future__ import annotations
@@ -26,6 +23,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from experiments.backends import attention_kernel
 
 # transformers model classes whose decoder layers are the Llama block: pre-norm
 # RMSNorm, rotary attention with grouped KV heads, a gated SiLU MLP; and the
@@ -39,9 +38,13 @@ GGUF_ARCHITECTURES = frozenset({"llama", "mistral", "qwen2"})
 # alternating: 402 and 427 tokens/s with 32 rows, 251 and 285 with 64).
 STATIC_ROWS_PER_TILE = 32
 
-# Attention reads the cache in chunks of this many positions; the cache's
+# The keys are stored in chunks of this many positions (decode_attention.cpp's CHUNK); the cache's
 # length is a whole number of chunks.
 ATTENTION_CHUNK = 64
+
+# Named in the stories' ids (hf's variant), and changed whenever this decoder's arithmetic changes, so
+# that stories made before a change never share ids with stories made after it. 2: the attention kernel.
+NUMERICS = "static-2"
 
 
 def cache_length(prompt_tokens: int, max_tokens: int) -> int:
@@ -61,7 +64,15 @@ def unsupported_reason(model) -> Optional[str]:
         return f"sliding-window attention (sliding_window={config.sliding_window})"
     if getattr(config, "mlp_bias", False):
         return "an MLP with biases"
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head_dim % 16 or head_dim > 256:
+        return f"head_dim={head_dim} (the attention kernel takes multiples of 16 up to 256)"
     return None
+
+
+def decode_attention(queries, scale, new_keys, new_values, keys, values, positions) -> torch.Tensor:
+    """Write each row's new key and value at its position, then attend: see ``decode_attention.cpp``."""
+    return torch.ops.creativity_harness.decode_attention(queries, scale, new_keys, new_values, keys, values, positions)
 
 
 class Projection:
@@ -109,6 +120,7 @@ class StaticDecoder:
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"the static decoder cannot run this model: {reason}")
+        attention_kernel.load()
         config = model.config
         self.rows_per_tile = rows_per_tile
         self.heads = config.num_attention_heads
@@ -149,19 +161,18 @@ class StaticDecoder:
             return
         self.slots, self.max_len = slots, max_len
         self.cos, self.sin = self._rotary_tables(self.rotary, max_len)
-        self.positions = torch.arange(max_len)
         self.keys = self.values = None
         self._resize(min(initial_len, max_len))
 
     def _resize(self, length: int) -> None:
         """Hold ``length`` positions, keeping what is cached (zeros after it)."""
         chunks = length // ATTENTION_CHUNK
-        # Keys chunk by chunk, each chunk transposed (head_dim x chunk): a query times a chunk is then a
-        # plain matrix product, measured 2.5x faster than against keys stored position-major.
+        # Keys chunk by chunk, each chunk transposed (head_dim x chunk): the kernel reads one key
+        # dimension of a chunk's positions as whole vectors.
         keys = torch.zeros((len(self.layers), self.slots, self.kv_heads, chunks, self.head_dim, ATTENTION_CHUNK),
                            dtype=self.dtype)
-        # Zeros, not empty: an unseen position's weight is an exact zero, and zero times a stray NaN
-        # from uninitialised memory would be NaN.
+        # Zeros, not empty: the kernel scores a whole last chunk, past a row's position (then weighs
+        # those positions zero); uninitialised memory could make that arithmetic slow or NaN.
         values = torch.zeros((len(self.layers), self.slots, self.kv_heads, length, self.head_dim), dtype=self.dtype)
         if self.keys is not None:
             keys[:, :, :, :self.keys.shape[3]] = self.keys
@@ -207,27 +218,6 @@ class StaticDecoder:
     def _rotate(self, heads: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
         """transformers' rotary embedding, ``x * cos + rotate_half(x) * sin``, with the sign in ``signed_sin``."""
         return heads * cos + heads.roll(self.head_dim // 2, dims=-1) * signed_sin
-
-    def _attend(self, queries, keys, values, unseen, seen):
-        """Each row's (scaled) queries over its cache, chunk by chunk; positions it has not reached are masked.
-
-        Written out rather than ``scaled_dot_product_attention``: for one
-        query position over a masked cache, torch's CPU kernel measured 2.5x
-        slower than these products (2.6 ms against 0.8 ms a layer at 64 rows
-        and 320 positions), and its sums' order changes with the length.
-        Scores and sums are float32, as in transformers' eager attention.
-        """
-        rows, kv_heads, chunks, head_dim, _ = keys.shape
-        values = values.view(rows, kv_heads, chunks, ATTENTION_CHUNK, head_dim)
-        # (rows, kv heads, chunks, group, chunk)
-        scores = torch.matmul(queries, keys).float().add_(unseen)
-        # A weight below e**-30 of the row's largest counts as e**-30 (its share stays under 1e-10 of the
-        # row): that keeps the arithmetic off subnormal numbers, which measured 10x slower here. Unseen
-        # positions are then zeroed exactly.
-        weights = (scores - scores.amax(dim=(2, 4), keepdim=True)).clamp_(min=-30.0).exp_().mul_(seen)
-        total = weights.sum(dim=-1).cumsum(dim=2)[:, :, -1]                                  # (rows, kv, group)
-        weighted = torch.matmul(weights.to(values.dtype), values).float().cumsum(dim=2)[:, :, -1]  # (.., group, dim)
-        return (weighted / total[..., None]).to(values.dtype)
 
     def _mlp(self, hidden: torch.Tensor, layer: _Layer) -> torch.Tensor:
         gate, up = layer.gate_up(hidden).chunk(2, dim=-1)
@@ -306,27 +296,18 @@ class StaticDecoder:
         rows = -(-count // (self.rows_per_tile or 1)) * (self.rows_per_tile or 1)
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         group = self.heads // self.kv_heads
-        slot_index = torch.arange(count)
-        chunk_index, in_chunk = positions // ATTENTION_CHUNK, positions % ATTENTION_CHUNK
-        chunks = int(chunk_index.max()) + 1
-        length = chunks * ATTENTION_CHUNK
-        self._hold(length)
+        self._hold((int(positions.max()) // ATTENTION_CHUNK + 1) * ATTENTION_CHUNK)
         cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
-        # (count, 1, chunks, 1, chunk): the positions a row sees (up to its current one) as 1.0 and, for
-        # the scores' maximum, as an additive 0 (seen) or -inf (not).
-        seen = (self.positions[None, :length] <= positions[:, None]).view(count, 1, chunks, 1, ATTENTION_CHUNK).float()
-        unseen = torch.zeros_like(seen).masked_fill_(seen == 0, float("-inf"))
         hidden = self._pad_rows(F.embedding(tokens, self.embed))
         for index, layer in enumerate(self.layers):
             qkv = layer.qkv(self._norm(hidden, layer.input_norm))[:count]
             qk = self._rotate(qkv[:, :q_size + kv_size].view(count, self.heads + self.kv_heads, self.head_dim), cos, sin)
-            keys, values = self.keys[index, :count], self.values[index, :count]
-            keys[slot_index, :, chunk_index, :, in_chunk] = qk[:, self.heads:]
-            values[slot_index, :, positions] = qkv[:, q_size + kv_size:].view(count, self.kv_heads, self.head_dim)
-            # Grouped-query attention as `group` queries per KV head: each KV head is read once.
-            # Scaled before the product, not after: one multiply on the queries instead of one on every score.
-            queries = (qk[:, :self.heads] * self.head_dim ** -0.5).reshape(count, self.kv_heads, 1, group, self.head_dim)
-            attended = self._attend(queries, keys[:, :, :chunks], values[:, :, :length], unseen, seen)
+            # Grouped-query attention as `group` queries per KV head: each KV head is read once. The
+            # kernel writes the new key and value into the cache, then reads each row's own positions.
+            attended = decode_attention(qk[:, :self.heads].view(count, self.kv_heads, group, self.head_dim),
+                                        self.head_dim ** -0.5, qk[:, self.heads:],
+                                        qkv[:, q_size + kv_size:].view(count, self.kv_heads, self.head_dim),
+                                        self.keys[index], self.values[index], positions)
             hidden = hidden + layer.output(self._pad_rows(attended.reshape(count, q_size)))
             hidden = hidden + self._mlp(self._norm(hidden, layer.post_norm), layer)
         logits = self._logits(hidden)[:count]

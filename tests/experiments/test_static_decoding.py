@@ -50,7 +50,7 @@ def test_the_transformers_decoder_still_runs_and_the_decoders_do_not_share_ids(t
 def test_story_ids_name_the_decoder_and_keep_the_earlier_ones_for_transformers():
     precision = "" if resolve_dtype("auto") == "float32" else f":{resolve_dtype('auto')}"
     assert HFBackend(HFBackendConfig(decoder="transformers")).variant() == precision  # as before the static decoder
-    assert HFBackend(HFBackendConfig()).variant() == precision + ":static"  # auto: the embedded model is a Llama
+    assert HFBackend(HFBackendConfig()).variant() == precision + ":static-2"  # auto: the embedded model is a Llama
     static = HFBackend(HFBackendConfig(decoder="static")).identity()
     assert static["decoder"] == "static" and static["rows_per_tile"] == 32
     assert HFBackend(HFBackendConfig(decoder="transformers")).identity()["rows_per_tile"] == 16
