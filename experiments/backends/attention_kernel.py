@@ -2,8 +2,8 @@
 
 It is compiled for this CPU (``-march=native``) into the harness's cache,
 under a key of the source, torch's version, the compiler and the CPU's
-instruction set, so a change of any of them compiles anew (about half a
-minute) and a finished build is never half-written (``cached_folder``).
+instruction set, so a change of any of them compiles anew (about 20 s
+here) and a finished build is never half-written (``cached_folder``).
 Loading registers ``torch.ops.creativity_harness.decode_attention``.
 """
 
@@ -81,7 +81,7 @@ def load() -> None:
            " ".join(sorted(cpu_flags()))]
 
     def build(folder: Path, log_path: Path) -> None:
-        log.info("hf: compiling the static decoder's attention kernel (once per machine, about half a minute)")
+        log.info("hf: compiling the static decoder's attention kernel (once per machine, about 20 s)")
         _build(folder, log_path, cxx)
 
     folder = cached_folder("decode-attention", key, build)
