@@ -51,6 +51,20 @@ class SamplingConfig:
     mirostat_eta: Optional[float] = None
     logit_bias: Optional[Dict[int, float]] = None  # token id -> additive bias
     grammar: Optional[str] = None  # llama.cpp GBNF text
+    # The samplers made for creative text (llama.cpp's names; experiments/samplers.py has their defaults).
+    xtc_probability: Optional[float] = None  # "exclude top choices": chance per token of cutting
+    xtc_threshold: Optional[float] = None  # ... every candidate above it but the least likely of them
+    top_n_sigma: Optional[float] = None  # keep logits within n standard deviations of the maximum
+    dry_multiplier: Optional[float] = None  # DRY sequence-repetition penalty; 0 off
+    dry_base: Optional[float] = None
+    dry_allowed_length: Optional[int] = None
+    dry_penalty_last_n: Optional[int] = None  # -1: the whole story so far
+    dry_sequence_breakers: Optional[List[str]] = None
+    dynatemp_range: Optional[float] = None  # entropy-scaled temperature in [T - range, T + range]; 0 off
+    dynatemp_exponent: Optional[float] = None
+    # The order of the chain (names in experiments/samplers.py); null: penalties, dry, top_n_sigma,
+    # top_k, typical_p, top_p, min_p, xtc, temperature (llama.cpp's order).
+    sampler_order: Optional[List[str]] = None
     stop: List[str] = field(default_factory=list)
     max_tokens: int = 512
     n: int = 1  # stories per setting
@@ -89,11 +103,53 @@ class SamplingConfig:
                        "a mapping of token id (integer >= 0) to a finite bias")
         if self.grammar is not None:
             _check(bool(self.grammar.strip()), p + "grammar", self.grammar, "non-empty GBNF text, or null")
+        self._check_creative_samplers()
         _check(all(isinstance(s, str) and s for s in self.stop), p + "stop", self.stop,
                "a list of non-empty strings")
         _check(self.max_tokens >= 1, p + "max_tokens", self.max_tokens, "an integer >= 1")
         _check(self.n >= 1, p + "n", self.n, "an integer >= 1 (stories per setting)")
         _check(0 <= self.seed < 2**63, p + "seed", self.seed, "an integer in [0, 2**63)")
+
+
+    def _check_creative_samplers(self) -> None:
+        from experiments import samplers  # here, not at the top: samplers imports this module
+
+        p = "sampling."
+        if self.xtc_probability is not None:
+            _check(0 <= self.xtc_probability <= 1, p + "xtc_probability", self.xtc_probability,
+                   "a number in [0, 1] (0 is off), or null")
+        if self.xtc_threshold is not None:
+            _check(0 <= self.xtc_threshold <= 0.5, p + "xtc_threshold", self.xtc_threshold,
+                   "a number in [0, 0.5] (above 0.5 no two candidates can pass it), or null")
+        if self.top_n_sigma is not None:
+            _check(self.top_n_sigma > 0 and _finite(self.top_n_sigma), p + "top_n_sigma", self.top_n_sigma,
+                   "a finite number > 0, or null (off)")
+        if self.dry_multiplier is not None:
+            _check(self.dry_multiplier >= 0 and _finite(self.dry_multiplier), p + "dry_multiplier",
+                   self.dry_multiplier, "a finite number >= 0 (0 is off), or null")
+        if self.dry_base is not None:
+            _check(self.dry_base > 1 and _finite(self.dry_base), p + "dry_base", self.dry_base,
+                   "a finite number > 1, or null")
+        if self.dry_allowed_length is not None:
+            _check(isinstance(self.dry_allowed_length, int) and self.dry_allowed_length >= 1,
+                   p + "dry_allowed_length", self.dry_allowed_length, "an integer >= 1, or null")
+        if self.dry_penalty_last_n is not None:
+            _check(isinstance(self.dry_penalty_last_n, int) and self.dry_penalty_last_n >= -1,
+                   p + "dry_penalty_last_n", self.dry_penalty_last_n,
+                   "an integer >= -1 (-1: the whole story so far, 0 disables), or null")
+        if self.dry_sequence_breakers is not None:
+            _check(all(isinstance(b, str) and 0 < len(b.encode("utf-8")) <= samplers.DRY_MAX_BREAKER_BYTES
+                       for b in self.dry_sequence_breakers),
+                   p + "dry_sequence_breakers", self.dry_sequence_breakers,
+                   f"a list of non-empty strings of at most {samplers.DRY_MAX_BREAKER_BYTES} bytes each "
+                   "(llama.cpp would cut a longer one silently), or null")
+        if self.dynatemp_range is not None:
+            _check(self.dynatemp_range >= 0 and _finite(self.dynatemp_range), p + "dynatemp_range",
+                   self.dynatemp_range, "a finite number >= 0 (0 is off), or null")
+        if self.dynatemp_exponent is not None:
+            _check(self.dynatemp_exponent > 0 and _finite(self.dynatemp_exponent), p + "dynatemp_exponent",
+                   self.dynatemp_exponent, "a finite number > 0, or null")
+        samplers.check_order(self)
 
 
 @dataclass
@@ -248,6 +304,9 @@ class GenerateConfig:
     # Where stories.jsonl, configs and manifests go: every job of a sweep shares it.
     out_dir: str = "outputs/${name}"
     progress: bool = True
+    # Record per token the entropy before and after the sampler chain and the candidates it kept
+    # (in-process backends; benchmarks/samplers.py measures what it costs).
+    sampler_diagnostics: bool = False
 
 
 def register_configs() -> None:

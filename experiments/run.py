@@ -22,7 +22,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from experiments.backends import Backend, FailedStory, StoryRequest, backend_class
-from experiments.config import GenerateConfig
+from experiments.config import ConfigError, GenerateConfig
 from experiments.files import utc_now, write_atomic
 from experiments.identity import canonical_json, setting_id, setting_of, story_id, story_seed
 from experiments.manifest import harness_version, package_versions
@@ -85,6 +85,9 @@ def validate(config: GenerateConfig) -> None:
     backend = backend_class(config.backend.name)
     backend.check_supported(config.sampling, config.backend)
     backend.check_prompt(config.prompt, config.backend)
+    if config.sampler_diagnostics and not backend.records_diagnostics:
+        raise ConfigError(f"sampler_diagnostics=true: backend {backend.name!r} cannot record what its sampler did "
+                          "(the in-process backends hf and llamacpp can); set sampler_diagnostics=false")
 
 
 def plan_setting(config: GenerateConfig, resolved_config: Optional[str] = None) -> SettingPlan:
@@ -141,6 +144,7 @@ def run_generation(configs: list[GenerateConfig], resolved_configs: Optional[lis
             # A backend that reports each step's tokens drives the rate; for the others, finished stories do.
             streams_tokens = plan.backend.reports_tokens
             plan.backend.on_tokens = rate.add if streams_tokens else None
+            plan.backend.record_diagnostics = plan.config.sampler_diagnostics
             for story in plan.backend.generate(plan.missing, plan.config.sampling) if plan.missing else ():
                 bar.update(1)
                 if isinstance(story, FailedStory):
@@ -209,6 +213,9 @@ def _story_record(plan: SettingPlan, story) -> dict[str, Any]:
         "n_tokens": story.n_tokens,
         "finish_reason": story.finish_reason,
         "token_logprobs": logprobs,
+        # Only when sampler_diagnostics is on (else null): per token, entropy before and after the chain
+        # and the candidates it kept.
+        "sampler_diagnostics": story.sampler_diagnostics,
         "latency_s": round(story.latency_s, 4),
         "created_at": utc_now(),
         "harness_version": harness_version(),

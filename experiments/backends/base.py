@@ -28,6 +28,9 @@ NEUTRAL_VALUES: dict[str, Any] = {
     "mirostat_mode": 0,
     "stop": [],
     "logit_bias": {},
+    "xtc_probability": 0.0,
+    "dry_multiplier": 0.0,
+    "dynatemp_range": 0.0,
 }
 ALWAYS_HONOURED = {"temperature", "max_tokens", "n", "seed"}
 
@@ -64,6 +67,24 @@ class GeneratedStory:
     # included), and what the server said it ran (model snapshot, fingerprint, attempts).
     sent_parameters: Optional[dict[str, Any]] = None
     server_response: Optional[dict[str, Any]] = None
+    # Per token, what the sampler chain did (``SamplerDiagnostics.as_record``); None unless asked for.
+    sampler_diagnostics: Optional[dict[str, list]] = None
+
+
+@dataclass
+class SamplerDiagnostics:
+    """Per generated token: the entropy (nats) of the model's untempered distribution, the entropy
+    of the distribution the token was drawn from (after the whole chain), and how many candidates
+    the chain kept (probability > 0)."""
+
+    entropy_before: list[float]
+    entropy_after: list[float]
+    candidates_kept: list[int]
+
+    def as_record(self, n_tokens: int) -> dict[str, list]:
+        """The first ``n_tokens`` of each (the tokens stored; an end-of-turn token is not)."""
+        return {"entropy_before": self.entropy_before[:n_tokens], "entropy_after": self.entropy_after[:n_tokens],
+                "candidates_kept": self.candidates_kept[:n_tokens]}
 
 
 @dataclass
@@ -84,6 +105,10 @@ class Backend(ABC):
     # with the tokens that step made (so progress counts stories still running).
     reports_tokens: ClassVar[bool] = False
     on_tokens: Optional[Callable[[int], None]] = None
+    # True for a backend that can record per-token sampler diagnostics; ``record_diagnostics``
+    # (set by the run from the config's ``sampler_diagnostics``) asks it to.
+    records_diagnostics: ClassVar[bool] = False
+    record_diagnostics: bool = False
 
     @classmethod
     def check_supported(cls, sampling: SamplingConfig, backend: BackendConfig) -> None:
