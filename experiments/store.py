@@ -224,7 +224,8 @@ def _float_array(value: Any) -> Any:
     return value
 
 
-def story_table(path: str | os.PathLike, *, with_logprobs: bool = False, fields: Optional[Iterable[str]] = None,
+def story_table(path: str | os.PathLike, *, with_logprobs: bool = False, with_diagnostics: bool = False,
+                fields: Optional[Iterable[str]] = None,
                 prepare: Optional[Callable[[int, dict[str, Any]], dict[str, Any]]] = None) -> StoryTable:
     """The store as a tidy table, one row per story (the first copy of a duplicate id), in file order.
 
@@ -235,12 +236,14 @@ def story_table(path: str | os.PathLike, *, with_logprobs: bool = False, fields:
     the setting's base seed is ``base_seed``, and a parameter named like a
     story's field is ``setting.<key>``. ``token_logprobs`` is the bulk of
     the file: left out unless ``with_logprobs``, then one float64 array per story.
+    ``sampler_diagnostics`` (three numbers a token) likewise: left out unless
+    ``with_diagnostics``, then a dict of float64 arrays per story (or None).
     ``prepare(record, story)`` (record: 1, 2, ... over unique stories) may check
     or clean each story before it becomes a row; it returns the story to use.
 
     Stories are read one at a time and each is reduced to its row at once
-    (log-probs dropped or packed), so the log-probs of every story are never
-    all in memory as Python objects.
+    (log-probs and diagnostics dropped or packed), so the per-token lists of
+    every story are never all in memory as Python objects.
     """
     import pandas as pd
 
@@ -254,10 +257,14 @@ def story_table(path: str | os.PathLike, *, with_logprobs: bool = False, fields:
         story_fields.update(dict.fromkeys(story))
         row = {key: value for key, value in story.items()
                if key != "setting" and (keep is None or key in keep)
-               and (with_logprobs or key != "token_logprobs")}
+               and (with_logprobs or key != "token_logprobs")
+               and (with_diagnostics or key != "sampler_diagnostics")}
         row["story_id"] = str(story["story_id"])
         if "token_logprobs" in row:
             row["token_logprobs"] = _float_array(row["token_logprobs"])
+        if isinstance(row.get("sampler_diagnostics"), dict):
+            row["sampler_diagnostics"] = {key: _float_array(value)
+                                          for key, value in row["sampler_diagnostics"].items()}
         story_rows.append(row)
         setting = story.get("setting") or {}
         setting_keys.update(dict.fromkeys(setting))

@@ -11,6 +11,10 @@ writes, each atomically (``experiments.files``: temp file, then ``os.replace``):
   ``setting_id`` (its parameters, then the family's measures);
 - ``exemplars.json``: the prototype(s) and exemplar set used, with the values
   families give each exemplar (the PCA coordinates);
+- ``embeddings.parquet`` (when a family used the embedding model): ``story_id``
+  and ``embedding``, each story's L2-normalised vector (null for a story
+  without one), so an analysis can recompute diversity on any subset of
+  stories (``analysis.quality_diversity`` bootstraps it);
 - ``metrics.json``: the sidecar: how each column was computed (models, units,
   pooling, PCA explained variance), which stories got NaN and why.
 
@@ -58,6 +62,7 @@ register_configs()
 
 METRICS_FILE = "metrics.parquet"
 EXEMPLARS_FILE = "exemplars.json"
+EMBEDDINGS_FILE = "embeddings.parquet"
 SIDECAR_FILE = "metrics.json"
 
 
@@ -79,6 +84,8 @@ class Measurement:
     exemplars: list[Exemplar]
     # Field -> exemplar_id -> value, from the families that ran (for exemplars.json).
     exemplar_values: dict[str, dict[str, Any]]
+    # One row per story (NaN rows for stories without one), when a family used the embedding model.
+    story_embeddings: Optional[np.ndarray] = None
 
 
 # ---------------------------------------------------------------- the inputs
@@ -251,6 +258,7 @@ def measure(stories: pd.DataFrame, exemplars: Sequence[Exemplar], prototype_of: 
         story_ids=story_ids, texts=texts, config=config,
         prompts=[p if isinstance(p, str) else None for p in prompts],
         token_logprobs=_optional_column(stories, "token_logprobs"),
+        stored=stories,
         exemplars=list(exemplars), prototype_of=list(prototype_of),
         exemplar_set=[j for j, e in enumerate(exemplars) if "set" in e.role.split("+")],
         nan_log=nan_log, embedder_factory=embedder_factory, scorer_factory=scorer_factory, cache=cache,
@@ -283,7 +291,8 @@ def measure(stories: pd.DataFrame, exemplars: Sequence[Exemplar], prototype_of: 
     _account_for_nans(frame, nan_log)
     sidecar = _sidecar(context, frame, described, timing, exemplars, families)
     return Measurement(story_metrics=frame, settings=settings, sidecar=sidecar, exemplars=list(exemplars),
-                       exemplar_values=dict(context.exemplar_values))
+                       exemplar_values=dict(context.exemplar_values),
+                       story_embeddings=context.story_embeddings if context.embeddings_computed else None)
 
 
 def _plain(value: Any) -> Any:
@@ -432,6 +441,14 @@ def _parquet_ready(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def _embeddings_table(story_ids: Sequence[str], vectors: np.ndarray) -> pd.DataFrame:
+    """story_id and its float32 vector; None for a story without one (a NaN row)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    usable = np.isfinite(vectors).all(axis=1)
+    return pd.DataFrame({"story_id": list(story_ids),
+                         "embedding": [row if ok else None for row, ok in zip(vectors, usable)]})
+
+
 def compute_metrics(config: ComputeMetricsConfig) -> dict[str, Path]:
     """Measure the stories of ``config.stories`` and write the outputs into ``config.out_dir``."""
     _check_models(config.metrics)
@@ -457,6 +474,8 @@ def compute_metrics(config: ComputeMetricsConfig) -> dict[str, Path]:
              "sidecar": out_dir / SIDECAR_FILE}
     for name in measurement.settings:
         paths[name] = out_dir / families[name].file
+    if measurement.story_embeddings is not None:
+        paths["embeddings"] = out_dir / EMBEDDINGS_FILE
     sidecar = measurement.sidecar
     sidecar["input"] = {**loaded.source, "setting_columns": loaded.setting_columns, **prototype_source,
                         "exemplar": config.exemplar, "exemplars": config.exemplars}
@@ -472,6 +491,10 @@ def compute_metrics(config: ComputeMetricsConfig) -> dict[str, Path]:
     for name, table in measurement.settings.items():
         with atomic_path(paths[name]) as tmp:
             _parquet_ready(table).to_parquet(tmp, index=False)
+    if measurement.story_embeddings is not None:
+        with atomic_path(paths["embeddings"]) as tmp:
+            _embeddings_table(measurement.story_metrics["story_id"], measurement.story_embeddings).to_parquet(
+                tmp, index=False)
     write_atomic(paths["exemplars"], json.dumps(_plain(exemplar_records), indent=1, ensure_ascii=False,
                                                 allow_nan=False))
     # The sidecar last: it describes the files above.

@@ -33,6 +33,7 @@ class MetricName(str, Enum):
     each family names the columns it writes in its module."""
 
     perplexity = "perplexity"  # from the log-probs stored at generation
+    sampler_diagnostics = "sampler_diagnostics"  # from the per-token sampler diagnostics stored at generation
     perplexity_scorer = "perplexity_scorer"  # re-scored under a scorer model
     cos_sim = "cos_sim"  # embedding similarity to the prototype and the exemplar set
     edit_dist = "edit_dist"  # normalised edit distance to the prototype and the exemplar set

@@ -16,6 +16,7 @@ from functools import cached_property
 from typing import Any, Callable, FrozenSet, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 
 from metrics.cache import ContentCache
 from metrics.config import MetricsConfig
@@ -114,6 +115,9 @@ class MeasureContext:
     # Values a family gives each exemplar, for exemplars.json: field -> exemplar_id -> value.
     # A family fills only the fields it declares (``MetricFamily.exemplar_fields``).
     exemplar_values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The input's own fields, one row per story in the order of story_ids (as metrics.inputs read
+    # them), for families that measure what generation stored beside the text: ``stored_field``.
+    stored: Optional[pd.DataFrame] = None
 
     @cached_property
     def embedder(self) -> TextEmbedder:
@@ -158,6 +162,17 @@ class MeasureContext:
     @property
     def n(self) -> int:
         return len(self.texts)
+
+    def stored_field(self, name: str) -> Optional[list[Any]]:
+        """The input's field ``name``, one value per story (None where missing), or None when the
+        input has no such field."""
+        if self.stored is None or name not in self.stored.columns:
+            return None
+        return [None if _missing(value) else value for value in self.stored[name].tolist()]
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
 
 
 class Need(str, Enum):

@@ -96,8 +96,9 @@ def _read_jsonl(path: Path) -> tuple[pd.DataFrame, list[str]]:
                 for key, value in story.items()}
 
     try:
-        # The store's one table: streamed, log-probs as float arrays, each setting parameter a column.
-        table = story_table(path, with_logprobs=True, prepare=checked)
+        # The store's one table: streamed, log-probs and sampler diagnostics as float arrays, each
+        # setting parameter a column.
+        table = story_table(path, with_logprobs=True, with_diagnostics=True, prepare=checked)
     except StoreError as error:
         raise InputError(str(error)) from None
     frame = table.frame

@@ -30,7 +30,7 @@ from typing import Iterable
 from metrics.config import MetricName
 from metrics.context import MetricFamily
 
-MODULES = ("perplexity", "scorer", "similarity", "edit_distance", "projection", "diversity")
+MODULES = ("perplexity", "sampler_diagnostics", "scorer", "similarity", "edit_distance", "projection", "diversity")
 
 _FAMILIES: dict[str, MetricFamily] = {}
 

@@ -26,7 +26,8 @@ def test_columns_are_story_id_and_one_per_metric(embedder, scorer):
     frame, sidecar = compute_story_metrics(stories, [PROTOTYPE, "Another exemplar about the sea."],
                                            quiet_config(), embedder=embedder, scorer=scorer)
     assert list(frame.columns) == [
-        "story_id", "perplexity", "perplexity_scorer", "prototype_cos_sim", "exemplar_cos_sim_max",
+        "story_id", "perplexity", "mean_entropy_before", "mean_entropy_after", "mean_entropy_cut",
+        "mean_candidates_kept", "perplexity_scorer", "prototype_cos_sim", "exemplar_cos_sim_max",
         "exemplar_cos_sim_mean", "prototype_edit_dist_norm", "exemplar_edit_dist_norm_min",
         "exemplar_edit_dist_norm_max", "exemplar_edit_dist_norm_mean", "pca_x", "pca_y"]
     assert set(PAPER_COLUMNS) <= set(frame.columns)
@@ -40,8 +41,11 @@ def test_columns_are_story_id_and_one_per_metric(embedder, scorer):
     assert frame["exemplar_edit_dist_norm_min"][0] == 0.0
     assert np.isfinite(frame[["pca_x", "pca_y"]].to_numpy()).all()
     assert sidecar["exemplars"]["prototype"] == ["exemplar_0"]
+    no_diagnostics = {"input has no sampler_diagnostics field": ["s0", "s1", "s2"]}
     assert sidecar["nan"] == {
-        "perplexity": {"no token_logprobs stored (the backend could not give them)": ["s2"]}}
+        "perplexity": {"no token_logprobs stored (the backend could not give them)": ["s2"]},
+        **{column: no_diagnostics for column in ("mean_entropy_before", "mean_entropy_after", "mean_entropy_cut",
+                                                 "mean_candidates_kept")}}
     assert len(sidecar["pca"]["explained_variance_ratio"]) == 2
     assert set(sidecar["pca"]["exemplar_coordinates"]) == {"exemplar_0", "exemplar_1"}
 
@@ -189,7 +193,8 @@ def test_compute_on_a_run(tmp_path, stand_in_models):
     config = ComputeMetricsConfig(stories=str(store), out_dir=str(tmp_path), metrics=quiet_config(cache=True))
     paths = compute_metrics(config)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
-        "diversity.parquet", "exemplars.json", "metrics.json", "metrics.parquet", "stories.jsonl"]
+        "diversity.parquet", "embeddings.parquet", "exemplars.json", "metrics.json", "metrics.parquet",
+        "stories.jsonl"]
     assert not list(tmp_path.glob(".*.tmp"))
     frame = pd.read_parquet(paths["metrics"])
     assert frame["story_id"].tolist() == ["t0.0-0", "t0.0-1", "t1.0-2", "t1.0-3", "t1.0-4"]
@@ -217,6 +222,27 @@ def test_compute_on_a_run(tmp_path, stand_in_models):
     compute_metrics(config)
     assert embedder.calls[-1] == ["A brand new story about salt."]
     assert json.loads(paths["sidecar"].read_text())["embedding"]["cache"] == {"computed": 1, "from_cache": 6}
+
+
+def test_each_storys_embedding_is_kept_beside_the_metrics(tmp_path, stand_in_models):
+    embedder, _ = stand_in_models
+    store = _write_store(tmp_path / "stories.jsonl", extra=[
+        {"story_id": "blank", "setting_id": "T1.0", "setting": {"temperature": 1.0}, "text": "  ",
+         "prompt_id": "paper"}])
+    paths = compute_metrics(ComputeMetricsConfig(stories=str(store), out_dir=str(tmp_path),
+                                                 metrics=quiet_config(enabled=["diversity"])))
+    table = pd.read_parquet(paths["embeddings"])
+    assert table["story_id"].tolist() == pd.read_parquet(paths["metrics"])["story_id"].tolist()
+    assert table["embedding"].iloc[-1] is None  # nothing to embed
+    vectors = np.stack(table["embedding"].iloc[:-1].to_list())
+    assert vectors.dtype == np.float32 and vectors.shape == (5, embedder.dimensions)
+    assert np.allclose(vectors, embedder.embed(pd.read_json(store, lines=True)["text"].iloc[:-1].tolist())[0])
+    assert json.loads(paths["sidecar"].read_text())["files"]["embeddings"] == "embeddings.parquet"
+    # no family that uses the embedding model: no embeddings file
+    (tmp_path / "no").mkdir()
+    paths = compute_metrics(ComputeMetricsConfig(stories=str(store), out_dir=str(tmp_path / "no"),
+                                                 metrics=quiet_config(enabled=["perplexity"])))
+    assert "embeddings" not in paths and not (tmp_path / "no" / "embeddings.parquet").exists()
 
 
 def test_compute_on_outside_stories_with_exemplar_files(tmp_path, stand_in_models):

@@ -73,13 +73,14 @@ def test_every_metric_name_has_one_family_in_module_order():
     levels = {family.name: family.level for family in registry.families()}
     assert levels["diversity"] is Level.setting
     assert [n for n, level in levels.items() if level is Level.story] == [
-        "perplexity", "perplexity_scorer", "cos_sim", "edit_dist", "pca"]
+        "perplexity", "sampler_diagnostics", "perplexity_scorer", "cos_sim", "edit_dist", "pca"]
 
 
 def test_declared_needs():
     needs = {family.name: family.needs_for(quiet_config()) for family in registry.families()}
     assert needs == {
         "perplexity": frozenset(),
+        "sampler_diagnostics": frozenset(),
         "perplexity_scorer": {Need.scorer},
         "cos_sim": {Need.embedding, Need.exemplars},
         "edit_dist": {Need.exemplars},
