@@ -40,8 +40,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from experiments.backends import openai_requests
 from experiments.backends.base import Backend, FailedStory, GeneratedStory, StoryRequest
-from experiments.backends.openai_profiles import (Profile, RequestParameters, profile_of, request_parameters,
-                                                  server_defaults_in_effect, unaccepted_parameters)
+from experiments.backends.openai_profiles import (PROFILES, Profile, RequestParameters, profile_of,
+                                                  profiles_accepting, request_parameters, server_defaults_in_effect,
+                                                  unaccepted_parameters)
 from experiments.backends.openai_retry import (RequestPacer, Retrier, RetriesExhausted, RetryPolicy, ServerDown,
                                                ServerRefused)
 from experiments.backends.server_waiter import ServerWaiter
@@ -77,21 +78,21 @@ def redact_url(url: str) -> str:
 class OpenAIBackend(Backend):
     name = "openai"
     # The union over profiles; check_supported refines it for the configured profile.
-    supported_parameters = frozenset({
-        "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
-        "mirostat_mode", "mirostat_tau", "mirostat_eta", "logit_bias", "grammar", "stop",
-    })
+    supported_parameters = frozenset().union(*(profile.fields for profile in PROFILES.values()))
 
     @classmethod
     def check_supported(cls, sampling: SamplingConfig, backend: BackendConfig) -> None:
         profile = profile_of(backend.profile)
         refused = unaccepted_parameters(profile, sampling)
         if refused:
+            elsewhere = [name for name in profiles_accepting(refused) if name != profile.name]
             raise ConfigError(
                 f"backend 'openai' with profile {profile.name!r} cannot send sampling parameter(s) "
-                + ", ".join(f"{name}={getattr(sampling, name)!r}" for name in refused)
-                + f": that server does not accept them through its OpenAI-compatible API; profile {profile.name!r} "
-                f"sends: {', '.join(sorted(set(profile.fields) | {'temperature', 'max_tokens', 'seed'}))}")
+                + ", ".join(f"sampling.{name}={getattr(sampling, name)!r}" for name in refused)
+                + ": that server does not accept them through its OpenAI-compatible API (most servers ignore a "
+                "field they do not know, and the stories would claim a sampler that never ran); profile "
+                f"{profile.name!r} sends: {', '.join(sorted(set(profile.fields) | {'temperature', 'max_tokens', 'seed'}))}"
+                + (f"; profile(s) that can send them: {', '.join(elsewhere)}" if elsewhere else ""))
 
     @classmethod
     def check_prompt(cls, prompt: PromptConfig, backend: BackendConfig) -> None:

@@ -25,14 +25,31 @@ Ollama >= 0.5, OpenAI's API). ``llamacpp`` is llama-cpp-python's server and
 also takes typical_p and the penalty window per request, names Mirostat
 ``mirostat``, continues an assistant prefix, decodes requests in parallel and
 echoes the settings it applied.
+
+The samplers made for creative text (XTC, top-n-sigma, DRY, dynamic
+temperature) and the order of the chain travel to llama-server only; every
+other server has none of them and refuses them by name. What llama-server is
+sent is what the in-process backends run: a sampler that is on gets the
+harness's defaults (``experiments.samplers``) for the values the setting
+leaves unset, one that is off is sent its "off" value, and the order is
+always sent (llama-server's names, the default order when the setting has
+none), so neither the server's defaults nor its command line (``--samplers``,
+``--dry-multiplier``, ...) change the chain. Two things cannot be sent as
+the harness means them. DRY's window -1, "the whole story so far",
+llama-server refuses; it is sent as ``max_tokens``, which holds the whole
+story at every step. And llama-server puts the prompt's tokens in the
+history of the penalties and of DRY (``init_sampler`` in
+tools/server/server-context.cpp), where the harness's history is the story
+alone: a story that repeats its prompt is penalised there, not in process.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
+from experiments import samplers
 from experiments.backends.base import NEUTRAL_VALUES, used_parameters
 from experiments.config import Endpoint, SamplingConfig, ServerProfile
 
@@ -46,6 +63,8 @@ class WireField:
     # Sent when the setting leaves the parameter unset or neutral, to override the
     # server's own default; None: nothing is sent then (the server's default is neutral).
     neutral: Any = None
+    # The value as this server takes it (given the whole setting); None: as it is.
+    encode: Optional[Callable[[Any, SamplingConfig], Any]] = None
 
 
 @dataclass(frozen=True)
@@ -84,14 +103,22 @@ def _fields(**fields: WireField) -> Mapping[str, WireField]:
     return MappingProxyType(fields)
 
 
+def _json_logit_bias(bias: Mapping[int, float], _: SamplingConfig) -> dict[str, float]:
+    return {str(token): float(value) for token, value in bias.items()}
+
+
+def _as_list(values: Any, _: SamplingConfig) -> list:
+    return list(values)
+
+
 # temperature, max_tokens and seed are handled by every profile (temperature is
 # always sent: no server's default is 1.0 everywhere).
 _OPENAI_FIELDS = dict(
     top_p=WireField("top_p", neutral=1.0),
     presence_penalty=WireField("presence_penalty"),
     frequency_penalty=WireField("frequency_penalty"),
-    logit_bias=WireField("logit_bias"),
-    stop=WireField("stop"),
+    logit_bias=WireField("logit_bias", encode=_json_logit_bias),
+    stop=WireField("stop", encode=_as_list),
 )
 
 # What llama-cpp-python's server and llama.cpp's llama-server share (Mirostat's mode has another name on each).
@@ -105,6 +132,34 @@ _LLAMACPP_FIELDS = dict(
     mirostat_tau=WireField("mirostat_tau", extra_body=True),
     mirostat_eta=WireField("mirostat_eta", extra_body=True),
     grammar=WireField("grammar", extra_body=True),
+)
+
+
+def _llama_server_order(order: list[str], _: SamplingConfig) -> list[str]:
+    return [samplers.LLAMA_SERVER_NAMES[name] for name in order]
+
+
+def _llama_server_dry_window(last_n: int, sampling: SamplingConfig) -> int:
+    # llama-server refuses -1 (its field's range starts at 0), and llama_sampler_init_dry would read it as 0,
+    # off; max_tokens holds the whole story at every step.
+    return sampling.max_tokens if last_n == -1 else last_n
+
+
+# Each sampler made for creative text is sent its "off" (llama-server's defaults, common/common.h, are off
+# too, but its command line can turn them on); the values a sampler that is on leaves unset come from the harness.
+_LLAMA_SERVER_CREATIVE_FIELDS = dict(
+    xtc_probability=WireField("xtc_probability", extra_body=True, neutral=0.0),
+    xtc_threshold=WireField("xtc_threshold", extra_body=True),
+    top_n_sigma=WireField("top_n_sigma", extra_body=True, neutral=-1.0),
+    dry_multiplier=WireField("dry_multiplier", extra_body=True, neutral=0.0),
+    dry_base=WireField("dry_base", extra_body=True),
+    dry_allowed_length=WireField("dry_allowed_length", extra_body=True),
+    dry_penalty_last_n=WireField("dry_penalty_last_n", extra_body=True, encode=_llama_server_dry_window),
+    dry_sequence_breakers=WireField("dry_sequence_breakers", extra_body=True, encode=_as_list),
+    dynatemp_range=WireField("dynatemp_range", extra_body=True, neutral=0.0),
+    dynatemp_exponent=WireField("dynatemp_exponent", extra_body=True),
+    # Always sent (resolved_parameters fills in the default order), or a server started with --samplers runs its own.
+    sampler_order=WireField("samplers", extra_body=True, encode=_llama_server_order),
 )
 
 PROFILES: Mapping[str, Profile] = MappingProxyType({
@@ -165,6 +220,7 @@ PROFILES: Mapping[str, Profile] = MappingProxyType({
             # Its default window (64) is the in-process llamacpp backend's too; it refuses -1 (HTTP 400).
             repeat_last_n=WireField("repeat_last_n", extra_body=True),
             mirostat_mode=WireField("mirostat", extra_body=True, neutral=0),
+            **_LLAMA_SERVER_CREATIVE_FIELDS,
         ),
         max_tokens_field=MappingProxyType({Endpoint.chat: "max_tokens", Endpoint.completions: "max_tokens"}),
         seed=True,
@@ -178,10 +234,12 @@ PROFILES: Mapping[str, Profile] = MappingProxyType({
         request_echo=MappingProxyType({"verbose": True}),
         echo_path=("__verbose", "generation_settings"),
         notes="llama.cpp's llama-server: runs --parallel N requests at once, each with ctx/N tokens of context; "
-              "top_k, min_p, typical_p, repeat_penalty, repeat_last_n, mirostat and grammar through extra_body; "
+              "top_k, min_p, typical_p, repeat_penalty, repeat_last_n, mirostat, grammar, XTC, top-n-sigma, DRY, "
+              "dynamic temperature and the sampler order (samplers) through extra_body; "
               "its log-probs are the raw (untempered) ones (post_sampling_probs off); the settings it applied "
               "(generation_settings) are recorded with each story and checked against those sent. Out-of-range "
-              "values it clamps silently (top_p, min_p) are caught by that check.",
+              "values it clamps silently (top_p, min_p) and sampler names it drops are caught by that check. "
+              "Its penalties and DRY count the prompt's tokens as history too, not only the story's.",
     ),
     ServerProfile.ollama.value: Profile(
         name="ollama",
@@ -212,6 +270,11 @@ def unaccepted_parameters(profile: Profile, sampling: SamplingConfig) -> list[st
     return [name for name in used_parameters(sampling) if name not in profile.fields]
 
 
+def profiles_accepting(parameters: list[str]) -> list[str]:
+    """The profiles that can be sent all of these parameters, to say where a refused setting can go."""
+    return [profile.name for profile in PROFILES.values() if all(name in profile.fields for name in parameters)]
+
+
 PENALTIES = ("repetition_penalty", "presence_penalty", "frequency_penalty")
 
 
@@ -239,6 +302,28 @@ class RequestParameters:
         return {**self.standard, **self.extra_body}
 
 
+def resolved_parameters(sampling: SamplingConfig) -> dict[str, Any]:
+    """The values the in-process backends run where the setting leaves them unset.
+
+    A sampler that is on gets the harness's defaults for its other values
+    (``experiments.samplers``), and the order is the default one when the
+    setting has none. A server that takes these fields is sent them, so it runs
+    the same chain. Parameters not named here keep the setting's value.
+    """
+    resolved: dict[str, Any] = {"sampler_order": list(samplers.order(sampling))}
+    xtc = samplers.xtc(sampling)
+    if xtc is not None:
+        resolved.update(xtc_probability=xtc.probability, xtc_threshold=xtc.threshold)
+    dry = samplers.dry(sampling)
+    if dry is not None:
+        resolved.update(dry_multiplier=dry.multiplier, dry_base=dry.base, dry_allowed_length=dry.allowed_length,
+                        dry_penalty_last_n=dry.penalty_last_n, dry_sequence_breakers=list(dry.sequence_breakers))
+    dynatemp = samplers.dynatemp(sampling)
+    if dynatemp is not None:
+        resolved.update(dynatemp_range=dynatemp.range, dynatemp_exponent=dynatemp.exponent)
+    return resolved
+
+
 def request_parameters(profile: Profile, sampling: SamplingConfig, endpoint: Endpoint,
                        logprobs: bool, prefill: bool = False) -> RequestParameters:
     """Translate a setting into one profile's request fields.
@@ -249,16 +334,15 @@ def request_parameters(profile: Profile, sampling: SamplingConfig, endpoint: End
     standard: dict[str, Any] = {"temperature": sampling.temperature,
                                 profile.max_tokens_field[endpoint]: sampling.max_tokens}
     extra: dict[str, Any] = {}
+    resolved = resolved_parameters(sampling)
     for name, wire in profile.fields.items():
-        value = getattr(sampling, name)
+        value = resolved.get(name, getattr(sampling, name))
         if value is None or (name in NEUTRAL_VALUES and value == NEUTRAL_VALUES[name]):
             value = wire.neutral
         if value is None:
             continue
-        if name == "logit_bias":
-            value = {str(token): float(bias) for token, bias in value.items()}
-        elif name == "stop":
-            value = list(value)
+        if wire.encode is not None:
+            value = wire.encode(value, sampling)
         (extra if wire.extra_body else standard)[wire.name] = value
     if logprobs and profile.logprobs:
         # Chat takes a flag; completions the number of alternatives per token (1: the chosen one).

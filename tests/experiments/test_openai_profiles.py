@@ -13,7 +13,8 @@ from hydra.errors import ConfigCompositionException
 
 from experiments.backends.base import used_parameters
 from experiments.backends.openai_backend import OpenAIBackend, redact_url
-from experiments.backends.openai_profiles import (PROFILES, profile_of, request_parameters,
+from experiments import samplers
+from experiments.backends.openai_profiles import (PROFILES, profile_of, request_parameters, resolved_parameters,
                                                   server_defaults_in_effect, unaccepted_parameters)
 from experiments.config import ConfigError, Endpoint, OpenAIBackendConfig, PromptConfig, SamplingConfig
 from experiments.generate import to_typed, validate_composed
@@ -28,6 +29,9 @@ USED_VALUES = {
     "top_p": 0.9, "top_k": 50, "min_p": 0.05, "typical_p": 0.9, "repetition_penalty": 1.1,
     "presence_penalty": 0.5, "frequency_penalty": 0.5, "repeat_last_n": 32, "mirostat_mode": 2,
     "mirostat_tau": 3.0, "mirostat_eta": 0.2, "logit_bias": {198: -5.0}, "grammar": 'root ::= "a"', "stop": ["\n\n"],
+    "xtc_probability": 0.5, "xtc_threshold": 0.2, "top_n_sigma": 1.5, "dry_multiplier": 0.8, "dry_base": 2.0,
+    "dry_allowed_length": 3, "dry_penalty_last_n": 128, "dry_sequence_breakers": ["\n"], "dynatemp_range": 0.5,
+    "dynatemp_exponent": 2.0, "sampler_order": ["temperature", "top_k", "min_p"],
 }
 
 
@@ -88,6 +92,123 @@ def test_a_profile_accepts_exactly_the_parameters_it_lists(profile, parameter):
         with pytest.raises(ConfigError) as error:
             OpenAIBackend.check_supported(sampling, backend)
         assert parameter in str(error.value) and repr(profile) in str(error.value)
+
+
+# ---- the samplers made for creative text, and the order ---------------------------------------------------
+
+CREATIVE = samplers.CREATIVE_PARAMETERS + ("sampler_order",)
+# The fields llama-server is sent for them, as it spells them.
+LLAMA_SERVER_CREATIVE_FIELDS = ("xtc_probability", "xtc_threshold", "top_n_sigma", "dry_multiplier", "dry_base",
+                                "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers", "dynatemp_range",
+                                "dynatemp_exponent", "samplers")
+DEFAULT_ORDER_ON_THE_WIRE = ["penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc",
+                             "temperature"]
+
+
+def creative_sent(**sampling) -> dict:
+    """What llama-server is sent for the creative samplers and the order (the rest is tested above)."""
+    sent = body("llamacpp_server", **sampling).sent()
+    return {name: sent[name] for name in LLAMA_SERVER_CREATIVE_FIELDS if name in sent}
+
+
+def test_a_setting_without_them_sends_llama_server_every_sampler_off_and_its_default_order():
+    # llama-server's own defaults are off too, but a server started with --xtc-probability, --dry-multiplier,
+    # --top-n-sigma, --dynatemp-range or --samplers would otherwise run them.
+    assert creative_sent() == {"xtc_probability": 0.0, "top_n_sigma": -1.0, "dry_multiplier": 0.0,
+                               "dynatemp_range": 0.0, "samplers": DEFAULT_ORDER_ON_THE_WIRE}
+    assert creative_sent(xtc_probability=0.0, dry_multiplier=0.0, dynatemp_range=0.0) == creative_sent()
+
+
+@pytest.mark.parametrize("setting, expected", [
+    # Each sampler on, its other values unset: the harness's defaults (llama.cpp's) are sent with it.
+    ({"xtc_probability": 0.5}, {"xtc_probability": 0.5, "xtc_threshold": 0.1}),
+    ({"xtc_probability": 1.0, "xtc_threshold": 0.3}, {"xtc_probability": 1.0, "xtc_threshold": 0.3}),
+    ({"top_n_sigma": 1.5}, {"top_n_sigma": 1.5}),
+    ({"dry_multiplier": 0.8}, {"dry_multiplier": 0.8, "dry_base": 1.75, "dry_allowed_length": 2,
+                               "dry_penalty_last_n": 512, "dry_sequence_breakers": ["\n", ":", '"', "*"]}),
+    ({"dry_multiplier": 0.8, "dry_base": 2.0, "dry_allowed_length": 4, "dry_penalty_last_n": 100,
+      "dry_sequence_breakers": ["."]},
+     {"dry_multiplier": 0.8, "dry_base": 2.0, "dry_allowed_length": 4, "dry_penalty_last_n": 100,
+      "dry_sequence_breakers": ["."]}),
+    ({"dynatemp_range": 0.5}, {"dynatemp_range": 0.5, "dynatemp_exponent": 1.0}),
+    ({"dynatemp_range": 0.5, "dynatemp_exponent": 2.0}, {"dynatemp_range": 0.5, "dynatemp_exponent": 2.0}),
+])
+def test_a_sampler_that_is_on_travels_to_llama_server_with_every_value_it_runs_with(setting, expected):
+    off = {"xtc_probability": 0.0, "top_n_sigma": -1.0, "dry_multiplier": 0.0, "dynatemp_range": 0.0}
+    assert creative_sent(**setting) == {**off, **expected, "samplers": DEFAULT_ORDER_ON_THE_WIRE}
+
+
+def test_what_llama_server_is_sent_is_what_the_in_process_backends_run():
+    sampling = SamplingConfig(xtc_probability=0.4, top_n_sigma=2.0, dry_multiplier=0.5, dry_penalty_last_n=256,
+                              dynatemp_range=0.3, max_tokens=64)
+    sent = body("llamacpp_server", xtc_probability=0.4, top_n_sigma=2.0, dry_multiplier=0.5, dry_penalty_last_n=256,
+                dynatemp_range=0.3, max_tokens=64).sent()
+    xtc, dry, dynatemp = samplers.xtc(sampling), samplers.dry(sampling), samplers.dynatemp(sampling)
+    assert (sent["xtc_probability"], sent["xtc_threshold"]) == (xtc.probability, xtc.threshold)
+    assert (sent["dry_multiplier"], sent["dry_base"], sent["dry_allowed_length"], sent["dry_penalty_last_n"],
+            tuple(sent["dry_sequence_breakers"])) == (dry.multiplier, dry.base, dry.allowed_length, dry.penalty_last_n,
+                                                      dry.sequence_breakers)
+    assert (sent["dynatemp_range"], sent["dynatemp_exponent"]) == (dynatemp.range, dynatemp.exponent)
+    assert sent["samplers"] == [samplers.LLAMA_SERVER_NAMES[name] for name in samplers.order(sampling)]
+    resolved = resolved_parameters(sampling)
+    assert resolved["xtc_threshold"] == samplers.XTC_THRESHOLD and resolved["sampler_order"] == list(samplers.DEFAULT_ORDER)
+
+
+def test_dry_over_the_whole_story_is_sent_as_a_window_of_max_tokens():
+    # llama-server refuses -1 (HTTP 400: its range starts at 0), and llama.cpp's DRY would read -1 as 0, off.
+    assert creative_sent(dry_multiplier=0.8, max_tokens=64)["dry_penalty_last_n"] == 64
+    assert creative_sent(dry_multiplier=0.8, dry_penalty_last_n=-1, max_tokens=300)["dry_penalty_last_n"] == 300
+    assert creative_sent(dry_multiplier=0.8, dry_penalty_last_n=32, max_tokens=300)["dry_penalty_last_n"] == 32
+    # A window of 0 turns DRY off: sent as it is, with nothing filled in.
+    assert creative_sent(dry_multiplier=0.8, dry_penalty_last_n=0) == {
+        "xtc_probability": 0.0, "top_n_sigma": -1.0, "dry_multiplier": 0.8, "dry_penalty_last_n": 0,
+        "dynatemp_range": 0.0, "samplers": DEFAULT_ORDER_ON_THE_WIRE}
+
+
+def test_a_custom_order_travels_in_llama_servers_names():
+    order = ["temperature", "typical_p", "penalties", "min_p", "xtc", "dry", "top_n_sigma"]
+    sent = creative_sent(temperature=1.5, typical_p=0.9, repetition_penalty=1.1, min_p=0.1, xtc_probability=0.5,
+                         dry_multiplier=0.8, top_n_sigma=2.0, sampler_order=order)
+    # typical_p is typ_p there; penalties is one of its names too (common_sampler_types_from_names, b11434).
+    assert sent["samplers"] == ["temperature", "typ_p", "penalties", "min_p", "xtc", "dry", "top_n_sigma"]
+    assert set(samplers.LLAMA_SERVER_NAMES.values()) == {"penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p",
+                                                         "min_p", "xtc", "temperature"}
+    assert creative_sent(sampler_order=["temperature", "top_k", "min_p"])["samplers"] == ["temperature", "top_k",
+                                                                                           "min_p"]
+
+
+@pytest.mark.parametrize("profile", ["vllm", "openai", "ollama", "llamacpp"])
+@pytest.mark.parametrize("parameter", CREATIVE)
+def test_every_other_server_refuses_each_of_them_by_name_value_and_what_it_sends(profile, parameter):
+    sampling = SamplingConfig(**{parameter: USED_VALUES[parameter]})
+    assert unaccepted_parameters(profile_of(profile), sampling) == [parameter]
+    with pytest.raises(ConfigError) as error:
+        OpenAIBackend.check_supported(sampling, OpenAIBackendConfig(profile=profile))
+    message = str(error.value)
+    assert f"sampling.{parameter}={USED_VALUES[parameter]!r}" in message and f"profile {profile!r}" in message
+    sends = message.split(f"profile {profile!r} sends: ")[1].split(";")[0].split(", ")
+    assert sorted(sends) == sorted(set(PROFILES[profile].fields) | {"temperature", "max_tokens", "seed"})
+    assert message.endswith("profile(s) that can send them: llamacpp_server")
+
+
+def test_a_refusal_names_every_parameter_it_cannot_send():
+    sampling = SamplingConfig(top_k=50, xtc_probability=0.5, dynatemp_range=0.5,
+                              sampler_order=["top_k", "xtc", "temperature"])
+    with pytest.raises(ConfigError) as error:
+        OpenAIBackend.check_supported(sampling, OpenAIBackendConfig(profile="openai"))
+    message = str(error.value)
+    for named in ("sampling.top_k=50", "sampling.xtc_probability=0.5", "sampling.dynatemp_range=0.5",
+                  "sampling.sampler_order=['top_k', 'xtc', 'temperature']"):
+        assert named in message
+    OpenAIBackend.check_supported(sampling, OpenAIBackendConfig(profile="llamacpp_server"))
+
+
+def test_the_refusal_comes_before_any_model_loads(compose_config):
+    with pytest.raises(ConfigError, match=r"sampling\.top_n_sigma=2\.0"):
+        validate_composed(compose_config("backend=openai", "backend.profile=vllm", "prompt=paper_llama2_raw",
+                                         "sampling.top_n_sigma=2.0"))
+    validate_composed(compose_config("backend=openai", "backend.profile=llamacpp_server", "prompt=paper",
+                                     "sampling.top_n_sigma=2.0", "sampling.sampler_order=[temperature,top_n_sigma]"))
 
 
 def test_the_papers_setting_fits_vllm_and_llamacpp_but_not_openai_or_ollama():

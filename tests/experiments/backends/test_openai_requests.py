@@ -153,3 +153,37 @@ def test_llama_server_returns_the_continued_message_whole_and_the_story_is_what_
     assert story.text == " a time."
     assert story.server_response["applied"] == {"temperature": 1.0, "top_k": 0, "n_predict": 512}
     assert story.server_response["applied_differs"] == {}
+
+
+def test_a_llama_server_body_carries_the_creative_samplers_and_the_order_as_json():
+    profile = profile_of("llamacpp_server")
+    sampling = SamplingConfig(xtc_probability=0.5, top_n_sigma=2.0, dry_multiplier=0.8, dynatemp_range=0.5,
+                              sampler_order=["dry", "temperature", "top_n_sigma", "xtc"], max_tokens=32)
+    parameters = request_parameters(profile, sampling, Endpoint.chat, True).for_story(7, profile)
+    bodies: list = []
+    send(client_receiving(bodies, CHAT_RESPONSE), "m", Endpoint.chat, prompt_text(CHAT, Endpoint.chat), parameters)
+    [(_, body)] = bodies
+    assert body == {"model": "m", "messages": MESSAGES, **parameters.sent()}
+    assert {name: body[name] for name in ("xtc_probability", "xtc_threshold", "top_n_sigma", "dry_multiplier",
+                                          "dry_base", "dry_allowed_length", "dry_penalty_last_n",
+                                          "dry_sequence_breakers", "dynatemp_range", "dynatemp_exponent",
+                                          "samplers")} == {
+        "xtc_probability": 0.5, "xtc_threshold": 0.1, "top_n_sigma": 2.0, "dry_multiplier": 0.8, "dry_base": 1.75,
+        "dry_allowed_length": 2, "dry_penalty_last_n": 32, "dry_sequence_breakers": ["\n", ":", '"', "*"],
+        "dynatemp_range": 0.5, "dynatemp_exponent": 1.0, "samplers": ["dry", "temperature", "top_n_sigma", "xtc"]}
+
+
+def test_llama_servers_echo_of_the_order_and_the_breakers_is_checked_as_lists():
+    sent = {"xtc_threshold": 0.1, "top_n_sigma": -1.0, "dry_sequence_breakers": ["\n", "."],
+            "samplers": ["dry", "typ_p", "temperature"]}
+    # As b11434 echoes them: floats in single precision, the order as sampler names, the breakers as strings.
+    same = {"xtc_threshold": 0.10000000149011612, "top_n_sigma": -1.0, "dry_sequence_breakers": ["\n", "."],
+            "samplers": ["dry", "typ_p", "temperature"]}
+    assert settings_differing(sent, same) == {}
+    # A name llama-server does not know it drops with a log line only; the echo shows it.
+    dropped = {**same, "samplers": ["dry", "temperature"], "dry_sequence_breakers": ["\n", ":", '"', "*"]}
+    assert settings_differing(sent, dropped) == {
+        "samplers": {"sent": ["dry", "typ_p", "temperature"], "applied": ["dry", "temperature"]},
+        "dry_sequence_breakers": {"sent": ["\n", "."], "applied": ["\n", ":", '"', "*"]}}
+    reordered = {**same, "samplers": ["typ_p", "dry", "temperature"]}
+    assert list(settings_differing(sent, reordered)) == ["samplers"]
