@@ -74,6 +74,15 @@ class ReportConfig(StatisticsConfig):
     exclude_parameters: List[str] = field(default_factory=lambda: ["seed"])
     # metrics.parquet columns that are not predictors (coordinates of the shared PCA).
     exclude_metrics: List[str] = field(default_factory=lambda: ["pca_x", "pca_y"])
+    # The quality-diversity figure (runs with more than one sampler family): bootstrap resamples of
+    # each setting's stories for its intervals, and their seed.
+    bootstrap_resamples: int = 1000
+    bootstrap_seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.bootstrap_resamples >= 1, "bootstrap_resamples", self.bootstrap_resamples, "an integer >= 1")
+        _check(self.bootstrap_seed >= 0, "bootstrap_seed", self.bootstrap_seed, "an integer >= 0")
 
 
 @dataclass

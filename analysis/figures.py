@@ -35,6 +35,12 @@ METRIC_LABELS = {
     "top_p": "Top-p (nucleus mass)",
     "top_k": "Top-k (tokens)",
     "min_p": "Min-p (share of top prob.)",
+    "vendi_score": "Vendi score (effective no. of stories)",
+    "mean_pairwise_cos_dist": "Mean pairwise cos. distance",
+    "mean_entropy_before": "Mean entropy before sampling (nats)",
+    "mean_entropy_after": "Mean entropy after sampling (nats)",
+    "mean_entropy_cut": "Mean entropy cut by sampling (nats)",
+    "mean_candidates_kept": "Mean candidates kept (tokens)",
 }
 
 
@@ -194,4 +200,51 @@ def metric_heatmap(
                     color="black" if bright else "white")
     bar = figure.colorbar(image, ax=ax)
     bar.set_label(f"Mean {axis_label(metric)}", fontsize=6)
+    return save_figure(figure, out_base)
+
+
+@_with_style
+def quality_diversity_curves(
+    points: pd.DataFrame,
+    diversity_measures: Sequence[str],
+    quality_measures: Sequence[str],
+    out_base: str | Path,
+    families: Sequence[str],
+    reference: str = "temperature",
+    scale: tuple[float, float] | None = None,
+    log_quality: Sequence[str] = ("perplexity", "perplexity_scorer"),
+) -> list[Path]:
+    """One panel per quality measure (rows) and diversity measure (columns): each family a curve through
+    its settings in order of temperature (each point labelled with it), bars = the points' intervals;
+    ``reference`` in black. ``points`` is ``analysis.quality_diversity.quality_diversity_points``'s table."""
+    rows, columns = len(quality_measures), len(diversity_measures)
+    figure, axes = _figure(rows, columns, height_in=1.9 * rows + 0.5, width_in=2 * COLUMN_WIDTH_IN)
+    colours = iter(["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+                    "tab:olive", "tab:cyan", "tab:gray"])
+    colour = {family: "black" if family == reference else next(colours, "tab:gray") for family in families}
+    for i, quality in enumerate(quality_measures):
+        for j, diversity in enumerate(diversity_measures):
+            ax = axes[i, j]
+            for family in families:
+                x = points[(points["family"] == family) & (points["measure"] == diversity)].set_index("setting_id")
+                y = points[(points["family"] == family) & (points["measure"] == quality)].set_index("setting_id")
+                both = x.join(y[["value", "ci_low", "ci_high"]], rsuffix="_y", how="inner").sort_values("temperature")
+                both = both[np.isfinite(both["value"]) & np.isfinite(both["value_y"])]
+                if both.empty:
+                    continue
+                xerr = np.abs(np.vstack([both["value"] - both["ci_low"], both["ci_high"] - both["value"]]))
+                yerr = np.abs(np.vstack([both["value_y"] - both["ci_low_y"], both["ci_high_y"] - both["value_y"]]))
+                ax.errorbar(both["value"], both["value_y"], xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr),
+                            color=colour[family], marker="o", markersize=2.5, linewidth=0.9, elinewidth=0.5,
+                            capsize=1.5, label=family, zorder=3 if family == reference else 2)
+                for point in both.itertuples():
+                    ax.annotate(f"{point.temperature:g}", (point.value, point.value_y), xytext=(2, 2),
+                                textcoords="offset points", fontsize=4.5, color=colour[family])
+            if quality in log_quality:
+                ax.set_yscale("log")
+            ax.set_xlabel(axis_label(diversity))
+            ax.set_ylabel(axis_label(quality, None if quality in METRIC_LABELS else scale))
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 3), frameon=False)
     return save_figure(figure, out_base)

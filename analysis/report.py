@@ -21,6 +21,9 @@ from analysis.config import ReportConfig, register_configs
 from analysis.correlations import correlation_table
 from analysis.descriptives import criterion_summary, setting_summary
 from analysis.mixed_models import mixed_models_table
+from analysis.quality_diversity import (DIVERSITY_MEASURES, REFERENCE_FAMILY, QualityDiversityError,
+                                        closest_settings, family_order, label_settings_by_family, load_embeddings,
+                                        quality_diversity_points, quality_measures, setting_families)
 from analysis.ratings import load_ratings
 from analysis.reliability import reliability_table
 from analysis.run_data import RunData, RunError, load_run
@@ -149,6 +152,66 @@ def _metric_sections(report: Report, run: RunData, config: ReportConfig) -> None
         report.table(run.diversity, "diversity", "Diversity of each setting (from diversity.parquet).")
 
 
+def _sampler_families(run: RunData) -> pd.DataFrame | None:
+    """Each setting's sampler family, when the run has more than one (else None)."""
+    try:
+        families = setting_families(run)
+    except QualityDiversityError as error:
+        log.warning("settings not grouped by sampler family: %s", error)
+        return None
+    return families if families["family"].nunique() > 1 else None
+
+
+def _quality_diversity_section(report: Report, run: RunData, families: pd.DataFrame, ratings: pd.DataFrame | None,
+                               config: ReportConfig) -> None:
+    names = family_order(families)
+    report.text("## Quality and diversity per sampler family")
+    report.text("A setting's family is the samplers it runs beyond temperature, and their order when it is not "
+                f"the default: {html.escape(', '.join(names))}.")
+    embeddings = load_embeddings(run.run_dir)
+    if embeddings is None:
+        report.text("The run has no embeddings.parquet, so no diversity can be measured per setting: run the "
+                    "metrics stage with a family that embeds the stories (cos_sim, pca or diversity).")
+        return
+    quality = quality_measures(run, ratings, config.criteria)
+    measures = [column for column in quality.columns if column != "story_id"]
+    if not measures:
+        report.text("No quality measure: metrics.parquet has no perplexity_scorer or perplexity, and no ratings "
+                    "were given.")
+        return
+    points = quality_diversity_points(run.stories, embeddings, quality, families, config.bootstrap_resamples,
+                                      config.bootstrap_seed, config.confidence)
+    intervals = (f"{config.confidence:.0%} bootstrap intervals over the setting's stories "
+                 f"({config.bootstrap_resamples} resamples, seed {config.bootstrap_seed}, percentile; "
+                 "analysis/quality_diversity.py)")
+    better = ("Better means a better frontier, not one lucky setting: more diversity at the same quality, "
+              "i.e. a curve further right at the same height; for perplexity (log scale; lower = text the "
+              "model finds more likely) lower at the same diversity, for ratings higher.")
+    paths = figures.quality_diversity_curves(points, DIVERSITY_MEASURES, measures,
+                                             report.out_dir / "figures" / "quality_diversity", names,
+                                             reference=REFERENCE_FAMILY, scale=config.scale)
+    report.figure(paths, f"Quality against diversity (Vendi score; mean pairwise cosine distance of the story "
+                         f"embeddings), one curve per sampler family through its settings in order of temperature "
+                         f"(the number by each point; temperature alone in black); bars = {intervals}. {better}")
+    write_table(points, report.out_dir / report.tables_subdir, "quality_diversity",
+                f"Diversity and mean quality of each setting, with {intervals}.", report.digits)
+    report.text(f"Every point and its interval: [CSV]({report.tables_subdir}/quality_diversity.csv), "
+                f"[LaTeX]({report.tables_subdir}/quality_diversity.tex).")
+    if REFERENCE_FAMILY not in names:
+        report.text("No setting uses temperature alone, so there is no reference curve for the table of closest "
+                    "settings.")
+        return
+    for measure in measures:
+        # The measures are in the table's name and caption: not a column of constants.
+        table = closest_settings(points, "vendi_score", measure).drop(columns=["diversity_measure", "quality_measure"])
+        report.table(table, f"quality_diversity_closest_{measure}",
+                     f"For each setting of temperature alone (a diversity level: its Vendi score), each other "
+                     f"family's setting with the closest Vendi score, with its mean {measure} beside temperature "
+                     f"alone's at that level ({intervals}). A family does better at a level where its quality is "
+                     f"better at the same diversity (perplexity lower, ratings higher); mind the gap between "
+                     f"diversity and reference_diversity: the closest setting may still be far off.")
+
+
 def _ratings_sections(report: Report, run: RunData, ratings: pd.DataFrame, config: ReportConfig) -> None:
     criteria, out = list(config.criteria), report.out_dir / "figures"
     predictors = run.swept + run.metrics
@@ -197,6 +260,9 @@ def build_report(config: ReportConfig) -> Path:
     if config.ratings:
         ratings = load_ratings(config.ratings, config.criteria, config.scale, set(run.stories["story_id"]))
     _check_predictors(run, run.swept + run.metrics)
+    families = _sampler_families(run)
+    if families is not None:
+        label_settings_by_family(run, families)
 
     out_dir = Path(config.out_dir)
     report = Report(out_dir, config.digits)
@@ -207,6 +273,8 @@ def build_report(config: ReportConfig) -> Path:
                    else "; no human ratings."))
     _configuration_section(report, config, run)
     _metric_sections(report, run, config)
+    if families is not None:
+        _quality_diversity_section(report, run, families, ratings, config)
     if ratings is not None:
         _ratings_sections(report, run, ratings, config)
     return report.write()

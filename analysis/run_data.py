@@ -100,7 +100,11 @@ def load_run(run_dir: str | Path, exclude_parameters: Sequence[str] = ("seed",),
     for key in setting_keys:
         if key in excluded or frame[key].nunique(dropna=False) < 2:
             continue
-        if pd.api.types.is_numeric_dtype(frame[key]):
+        if frame[key].nunique() < 2:
+            # Set in some settings (one value) and unset in the others, say min_p in a comparison of
+            # samplers: it says which sampler a setting uses, it is not a dose to regress on.
+            log.info("setting key %r has one value where it is set and is unset elsewhere: not a predictor", key)
+        elif pd.api.types.is_numeric_dtype(frame[key]):
             swept.append(key)
         else:
             log.info("setting key %r varies but is not numeric: used in labels, not as a predictor", key)

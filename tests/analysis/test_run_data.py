@@ -47,3 +47,13 @@ def test_a_story_without_a_setting_id_is_labelled_none(tmp_path):
     del stories[0]["setting_id"]
     run = load_run(_run(tmp_path, stories))
     assert run.stories["setting_id"].tolist()[0] == "None"
+
+
+def test_a_parameter_set_in_some_settings_and_unset_in_others_is_not_a_predictor(tmp_path):
+    # A comparison of samplers: min_p 0.1 where min-p runs, unset elsewhere; temperature is swept in both.
+    stories = [{"story_id": f"s{i}", "setting_id": f"{name}-{t}", "text": "x",
+                "setting": {"temperature": t, **({"min_p": 0.1} if name == "min_p" else {})}}
+               for i, (name, t) in enumerate([("temperature", 0.5), ("temperature", 1.5), ("min_p", 0.5),
+                                              ("min_p", 1.5)])]
+    run = load_run(_run(tmp_path, stories))
+    assert run.swept == ["temperature"] and "min_p" in run.setting_keys
