@@ -121,6 +121,10 @@ def check_order(sampling: SamplingConfig) -> None:
         raise SamplerOrderError(
             f"sampling.mirostat_mode={sampling.mirostat_mode} replaces the whole sampler chain, so "
             + ", ".join(f"sampling.{name}" for name in named) + " would not run; unset them or mirostat_mode")
+    if sampling.dynatemp_range and sampling.temperature == 0:
+        raise SamplerOrderError(f"sampling.dynatemp_range={sampling.dynatemp_range} with sampling.temperature=0: "
+                                "temperature 0 is greedy decoding, which has no temperature to vary; set a "
+                                "temperature > 0 or unset dynatemp_range")
     if sampling.sampler_order is None:
         return
     given = list(sampling.sampler_order)

@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from experiments.backends.base import StoryRequest
+from experiments.backends.hf_samplers import draw_uniforms, draws_per_token, needs_history
 from experiments.backends.row_tiles import map_row_tiles
 from experiments.backends.static_decoder import StaticDecoder
 from experiments.config import SamplingConfig
@@ -31,6 +32,8 @@ class RunningStory:
     started: float
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    # Per token, when the chooser returns them: entropy before and after the chain, candidates kept.
+    diagnostics: tuple[list, list, list] = field(default_factory=lambda: ([], [], []))
 
 
 @dataclass
@@ -41,21 +44,16 @@ class FinishedTokens:
     ended: bool
 
 
-def uses_penalties(sampling: SamplingConfig) -> bool:
-    if sampling.repeat_last_n == 0:
-        return False
-    return (sampling.repetition_penalty not in (None, 1.0) or bool(sampling.presence_penalty)
-            or bool(sampling.frequency_penalty))
-
-
 def decode_continuously(decoder: StaticDecoder, requests: list[StoryRequest], sampling: SamplingConfig,
                         prompt_ids: list[int], batch_size: int, end_ids: set[int], choose: Callable,
                         has_stopped: Optional[Callable[[list[int]], bool]] = None,
                         on_tokens: Optional[Callable[[int], None]] = None) -> Iterator[FinishedTokens]:
     """Yield every request's tokens as soon as its story ends, ``batch_size`` stories decoding at a time.
 
-    ``choose(history, logits, uniforms)`` returns (tokens, log-probs) for a
-    tile of rows; ``has_stopped(tokens)`` says whether a stop sequence ended
+    ``choose(history, logits, uniforms)`` returns (tokens, log-probs[, entropy
+    before, entropy after, candidates kept]) for a tile of rows; ``history`` is
+    each row's generated tokens left-padded with -1 (None unless penalties or
+    DRY run); ``has_stopped(tokens)`` says whether a stop sequence ended
     the story; ``on_tokens(count)`` hears how many tokens each step made.
     """
     prompt_logits, prompt_cache = decoder.prefill(prompt_ids)
@@ -63,8 +61,8 @@ def decode_continuously(decoder: StaticDecoder, requests: list[StoryRequest], sa
     slots: list[Optional[RunningStory]] = [None] * min(batch_size, decoder.slots)
     logits = torch.empty((decoder.slots, prompt_logits.shape[0]))
     queue = deque(requests)
-    penalised = uses_penalties(sampling)
-    history = torch.full((decoder.slots, sampling.max_tokens), -1, dtype=torch.long) if penalised else None
+    history = torch.full((decoder.slots, sampling.max_tokens), -1, dtype=torch.long) if needs_history(sampling) else None
+    draws = draws_per_token(sampling)
     prompt_length = len(prompt_ids)
 
     def enter(slot: int) -> None:
@@ -91,18 +89,19 @@ def decode_continuously(decoder: StaticDecoder, requests: list[StoryRequest], sa
             return
         running = [slots[slot] for slot in occupied]
         index = torch.tensor(occupied)
-        uniforms = None
-        if sampling.temperature != 0:
-            uniforms = torch.stack([torch.rand((), generator=story.generator, dtype=torch.float64)
-                                    for story in running])
+        uniforms = draw_uniforms([story.generator for story in running], draws)
         window = _windows(history[index], [len(story.tokens) for story in running],
-                          sampling.repeat_last_n) if history is not None else None
-        tokens, token_logprobs = map_row_tiles(choose, window, logits[index], uniforms)
+                          None) if history is not None else None
+        tokens, token_logprobs, *diagnostics = map_row_tiles(choose, window, logits[index], uniforms)
         if on_tokens:
             on_tokens(len(occupied))
-        for slot, story, token, logprob in zip(occupied, running, tokens.tolist(), token_logprobs.tolist()):
+        diagnostics = [part.tolist() for part in diagnostics]
+        for row, (slot, story, token, logprob) in enumerate(zip(occupied, running, tokens.tolist(),
+                                                                token_logprobs.tolist())):
             story.tokens.append(token)
             story.logprobs.append(logprob)
+            for values, part in zip(story.diagnostics, diagnostics):
+                values.append(part[row])
             if history is not None:
                 history[slot, len(story.tokens) - 1] = token
             ended = token in end_ids

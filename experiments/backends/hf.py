@@ -22,9 +22,10 @@ change their order of summation with the number of rows; so a story's text
 and log-probs are the same whatever the batch size, ``n`` or a resume put
 beside it, in bfloat16 as in float32. The two decoders sum in different
 orders, so a story's bits depend on the decoder, which is part of its id.
-The logit transforms are transformers' own warpers, applied in llama.cpp's
-order so both in-process backends sample the same distribution: logit
-bias, penalties, top-k, typical, top-p, min-p, temperature.
+The sampler chain (``hf_samplers.py``) is llama.cpp's, sampler for sampler
+and in the setting's order (``experiments/samplers.py``), so both in-process
+backends sample the same distribution: by default logit bias, penalties,
+DRY, top-n-sigma, top-k, typical, top-p, min-p, XTC, temperature.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from experiments.backends import attention_kernel
-from experiments.backends.base import Backend, GeneratedStory, StoryRequest
+from experiments.backends.base import Backend, GeneratedStory, SamplerDiagnostics, StoryRequest
+from experiments.backends.hf_samplers import (SamplerChain, apply_penalties, choose_tokens, draw_uniforms,  # noqa: F401
+                                              draws_per_token, dry_tables_for, needs_history, sample_by_inverse_cdf)
 from experiments.backends.row_tiles import ROWS_PER_TILE, map_row_tiles, tile_linear_layers
 from experiments.config import ConfigError, HFBackendConfig, SamplingConfig
 from experiments.backends.continuous import decode_continuously
@@ -59,9 +62,12 @@ END_OF_TURN_TEXTS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>
 class HFBackend(Backend):
     name = "hf"
     reports_tokens = True
+    records_diagnostics = True
     supported_parameters = frozenset({
         "top_p", "top_k", "min_p", "typical_p", "repetition_penalty", "presence_penalty",
         "frequency_penalty", "repeat_last_n", "logit_bias", "stop",
+        "xtc_probability", "xtc_threshold", "top_n_sigma", "dry_multiplier", "dry_base", "dry_allowed_length",
+        "dry_penalty_last_n", "dry_sequence_breakers", "dynatemp_range", "dynatemp_exponent", "sampler_order",
     })
 
     def __init__(self, config: HFBackendConfig):
@@ -169,10 +175,7 @@ class HFBackend(Backend):
                         "(finished stories are kept either way)", sampling.max_tokens, worst / 2**30,
                         available / 2**30)
         self.static.allocate(slots, length, initial)
-        transform = _logit_transform(sampling, self.model.config.vocab_size)
-
-        def choose(*rows):
-            return choose_tokens(transform, sampling.temperature, *rows)
+        choose = self._chooser(sampling)
 
         has_stopped = None
         if sampling.stop:
@@ -190,7 +193,19 @@ class HFBackend(Backend):
                 n_tokens=len(ids),
                 finish_reason="length" if stopped_text is None and not finished.ended else "stop",
                 token_logprobs=story.logprobs[:len(ids)],
-                latency_s=time.perf_counter() - story.started)
+                latency_s=time.perf_counter() - story.started,
+                sampler_diagnostics=SamplerDiagnostics(*story.diagnostics).as_record(len(ids))
+                if self.record_diagnostics else None)
+
+    def _chooser(self, sampling: SamplingConfig):
+        """``choose(history, logits, uniforms)`` for one setting (see hf_samplers.choose_tokens)."""
+        vocab_size = self.model.config.vocab_size
+        chain = SamplerChain(sampling, vocab_size, dry_tables_for(sampling, self.tokenizer, vocab_size))
+        diagnostics = self.record_diagnostics
+
+        def choose(*rows):
+            return choose_tokens(chain, *rows, diagnostics=diagnostics)
+        return choose
 
     def _prompt_ids(self, prompt: str) -> list[int]:
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -203,18 +218,17 @@ class HFBackend(Backend):
         from transformers import DynamicCache
 
         started = time.perf_counter()
-        transform = _logit_transform(sampling, self.model.config.vocab_size)
+        choose = self._chooser(sampling)
+        history_needed, draws = needs_history(sampling), draws_per_token(sampling)
         generators = [torch.Generator().manual_seed(request.seed) for request in batch]
         prompt_ids = torch.tensor([self._prompt_ids(batch[0].prompt)])
         self._check_context(prompt_ids.shape[1], sampling)
         active = list(range(len(batch)))  # positions in `batch` still generating
         generated = torch.empty((len(batch), 0), dtype=torch.long)
         logprobs: list[list[float]] = [[] for _ in batch]
+        diagnostics: list[tuple[list, list, list]] = [([], [], []) for _ in batch]
         end_set = set(self.end_ids)
         cache = DynamicCache()
-
-        def choose(*rows):
-            return choose_tokens(transform, sampling.temperature, *rows)
 
         with torch.inference_mode():
             # Every story of the batch has the same prompt: encode it once, then
@@ -222,19 +236,21 @@ class HFBackend(Backend):
             logits = self._next_logits(prompt_ids, cache).expand(len(batch), -1)
             cache.batch_repeat_interleave(len(batch))
             for step in range(sampling.max_tokens):
-                uniforms = None
-                if sampling.temperature != 0:
-                    uniforms = torch.stack([torch.rand((), generator=generators[index], dtype=torch.float64)
-                                            for index in active])
+                uniforms = draw_uniforms([generators[index] for index in active], draws)
+                history = generated if history_needed else None
                 # Reductions over the vocabulary (softmax, logsumexp) also pick
                 # their kernel by shape, so they too run on fixed-size row tiles.
-                tokens, token_logprobs = (map_row_tiles(choose, generated, logits, uniforms)
-                                          if self.config.batch_invariant else choose(generated, logits, uniforms))
+                tokens, token_logprobs, *step_diagnostics = (
+                    map_row_tiles(choose, history, logits, uniforms)
+                    if self.config.batch_invariant else choose(history, logits, uniforms))
                 token_logprobs = token_logprobs.tolist()
+                step_diagnostics = [part.tolist() for part in step_diagnostics]
                 if self.on_tokens:
                     self.on_tokens(len(active))
                 for row, index in enumerate(active):
                     logprobs[index].append(token_logprobs[row])
+                    for values, part in zip(diagnostics[index], step_diagnostics):
+                        values.append(part[row])
                 generated = torch.cat([generated, tokens[:, None]], dim=1)
 
                 keep = []
@@ -249,7 +265,9 @@ class HFBackend(Backend):
                             n_tokens=len(ids),
                             finish_reason="length" if stopped_text is None and not ended else "stop",
                             token_logprobs=logprobs[index][:len(ids)],
-                            latency_s=time.perf_counter() - started)
+                            latency_s=time.perf_counter() - started,
+                            sampler_diagnostics=SamplerDiagnostics(*diagnostics[index]).as_record(len(ids))
+                            if self.record_diagnostics else None)
                     else:
                         keep.append(row)
                 if not keep:
@@ -283,108 +301,3 @@ def available_memory_bytes() -> Optional[int]:
     except (OSError, ValueError, IndexError):
         pass
     return None
-
-
-def choose_tokens(transform, temperature: float, generated, logits, uniforms):
-    """(token ids, their log-probs under the untempered, unpenalised model) for each row.
-
-    The stored log-prob is the raw model's, as llama.cpp and OpenAI report it.
-    """
-    import torch
-
-    scores, candidates = transform(generated, logits)
-    if temperature == 0:
-        choice = scores.argmax(dim=-1)
-    else:
-        choice = sample_by_inverse_cdf(torch.softmax(scores, dim=-1), uniforms)
-    tokens = choice if candidates is None else candidates.gather(1, choice[:, None])[:, 0]
-    token_logprobs = logits.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
-    return tokens, token_logprobs
-
-
-def sample_by_inverse_cdf(probs, uniforms):
-    """One token per row: the first index whose cumulative probability exceeds the row's uniform draw.
-
-    Each row's draw comes from that story's own generator, so the choice is
-    the story's alone; the search itself is one vectorised pass over the
-    batch, much cheaper than ``torch.multinomial`` row by row on a large
-    vocabulary. Tokens of probability zero are never chosen (``right=True``).
-    """
-    import torch
-
-    cdf = probs.double().cumsum(dim=-1)
-    cdf = cdf / cdf[:, -1:]
-    tokens = torch.searchsorted(cdf, uniforms[:, None], right=True)[:, 0]
-    return tokens.clamp(max=probs.shape[-1] - 1)
-
-
-def _logit_transform(sampling: SamplingConfig, vocab_size: int):
-    """A function (generated ids, logits) -> (scores, candidates) applying the setting, in llama.cpp's order."""
-    import torch
-    from transformers import (LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper,
-                              TopPLogitsWarper, TypicalLogitsWarper)
-
-    bias = None
-    if sampling.logit_bias:
-        bias = torch.zeros(vocab_size)
-        for token, value in sampling.logit_bias.items():
-            if int(token) >= vocab_size:
-                raise ValueError(f"sampling.logit_bias: token id {token} is outside the vocabulary (size {vocab_size})")
-            bias[int(token)] = float(value)
-
-    warpers = LogitsProcessorList()
-    if sampling.typical_p is not None and sampling.typical_p < 1:
-        warpers.append(TypicalLogitsWarper(sampling.typical_p))
-    if sampling.top_p < 1:
-        warpers.append(TopPLogitsWarper(sampling.top_p))
-    if sampling.min_p is not None and sampling.min_p > 0:
-        warpers.append(MinPLogitsWarper(sampling.min_p))
-    if sampling.temperature > 0 and sampling.temperature != 1:
-        warpers.append(TemperatureLogitsWarper(sampling.temperature))
-
-    def transform(generated: Optional["torch.Tensor"], logits: "torch.Tensor"):
-        """(scores, candidate token ids or None when scores cover the whole vocabulary).
-
-        ``generated``: each row's tokens so far, left-padded with -1; None when no penalty applies.
-        """
-        scores = logits if bias is None else logits + bias
-        window = None
-        if generated is not None:
-            window = generated if not sampling.repeat_last_n or sampling.repeat_last_n < 0 else generated[:, -sampling.repeat_last_n:]
-        if sampling.repeat_last_n != 0 and window is not None and window.shape[1] > 0:
-            scores = apply_penalties(scores, window, sampling.repetition_penalty,
-                                     sampling.presence_penalty, sampling.frequency_penalty)
-        candidates = None
-        if sampling.top_k > 0:
-            # Top-k as a gather, not a mask: the later warpers and the draw then
-            # work on k candidates instead of the whole vocabulary. Equivalent,
-            # since masked tokens would have had probability 0 anyway.
-            scores, candidates = scores.topk(min(sampling.top_k, scores.shape[-1]), dim=-1)
-        return (warpers(generated, scores) if warpers else scores), candidates
-
-    return transform
-
-
-def apply_penalties(scores, window, repetition: Optional[float], presence: Optional[float],
-                    frequency: Optional[float]):
-    """Penalise tokens seen in ``window`` (the recently generated tokens; -1 pads a row).
-
-    Repetition is multiplicative (CTRL; divide positive logits, multiply
-    negative ones); presence and frequency are additive (OpenAI). llama.cpp's
-    sampler applies all three to generated tokens only, and so does this.
-    Written by hand because transformers has no presence/frequency penalty and
-    its repetition penalty also counts the prompt.
-    """
-    import torch
-
-    # A pad adds an exact 0 to token 0's count.
-    counts = torch.zeros_like(scores).scatter_add_(1, window.clamp(min=0), (window >= 0).to(scores.dtype))
-    seen = counts > 0
-    if repetition is not None and repetition != 1:
-        penalised = torch.where(scores > 0, scores / repetition, scores * repetition)
-        scores = torch.where(seen, penalised, scores)
-    if frequency:
-        scores = scores - counts * frequency
-    if presence:
-        scores = scores - seen.to(scores.dtype) * presence
-    return scores
