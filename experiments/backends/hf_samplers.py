@@ -453,7 +453,8 @@ def token_pieces(tokenizer, vocab_size: int) -> list[bytes]:
     Byte-level BPE tokens (GPT-2, SmolLM2, Llama 3) are mapped back to their
     bytes; SentencePiece tokens get their spaces and byte tokens back.
     """
-    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+    # GPT-2's byte-to-character map (transformers 5 keeps it in convert_slow_tokenizer, not a public API).
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     byte_of = {character: byte for byte, character in bytes_to_unicode().items()}
     tokens = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
