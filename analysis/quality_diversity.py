@@ -162,7 +162,8 @@ def label_settings_by_family(run: RunData, families: pd.DataFrame) -> None:
     run.settings_order = sorted(run.settings_order, key=lambda s: (rank[family[s]], position[s]))
     run.setting_labels = {s: f"{family[s]}: {label}" for s, label in run.setting_labels.items()}
     run.setting_ticks = {s: f"{family[s]}: {tick}" for s, tick in run.setting_ticks.items()}
-    run.setting_titles = {s: f"{family[s]}\n{title}" for s, title in run.setting_titles.items()}
+    # Panel titles are narrow: one line per part of the family.
+    run.setting_titles = {s: ",\n".join(family[s].split(", ")) + "\n" + title for s, title in run.setting_titles.items()}
     run.stories["setting_label"] = run.stories["setting_id"].map(run.setting_labels)
 
 

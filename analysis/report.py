@@ -85,12 +85,12 @@ def _check_predictors(run: RunData, predictors: list[str]) -> None:
             )
 
 
-def _configuration_section(report: Report, config: ReportConfig, run: RunData) -> None:
+def _configuration_section(report: Report, config: ReportConfig, run: RunData, by_family: bool = False) -> None:
     report.text("## Configuration")
     report.text("Report config:\n\n" + fenced_block(OmegaConf.to_yaml(OmegaConf.structured(config)), "yaml"))
     if run.job_configs:
         first_id, first = next(iter(run.job_configs.items()))
-        swept = ", ".join(run.swept) or "nothing"
+        swept = ", ".join(run.swept + (["sampler family"] if by_family else [])) or "nothing"
         report.text(f"Generation config of setting `{html.escape(first_id)}` (the {len(run.job_configs)} settings "
                     f"differ in: {html.escape(swept)}; each is in `jobs/<setting_id>/config.yaml`):\n\n"
                     + fenced_block(first, "yaml"))
@@ -98,7 +98,7 @@ def _configuration_section(report: Report, config: ReportConfig, run: RunData) -
         report.text("Run manifest:\n\n" + fenced_block(run.manifest, "json"))
 
 
-def _metric_sections(report: Report, run: RunData, config: ReportConfig) -> None:
+def _metric_sections(report: Report, run: RunData, config: ReportConfig, by_family: bool = False) -> None:
     stories, out = run.stories, report.out_dir / "figures"
     settings = (stories.groupby("setting_id", sort=False).size().rename("n_stories")
                 .reindex(run.settings_order).reset_index())
@@ -117,6 +117,8 @@ def _metric_sections(report: Report, run: RunData, config: ReportConfig) -> None
 
     group_label = (figures.axis_label(run.swept[0]) if len(run.swept) == 1
                    else ", ".join(run.swept) if run.swept else "Setting")
+    if by_family:  # the ticks are "<family>: <swept values>"
+        group_label = f"Sampler family: {group_label}"
     ticks = [run.setting_ticks[s] for s in run.settings_order]
     for metric in (m for m in BOXPLOT_METRICS if m in run.metrics):
         paths = figures.boxplot_by_group(stories, metric, "setting_id", out / f"box_{metric}", group_label,
@@ -271,8 +273,8 @@ def build_report(config: ReportConfig) -> Path:
                 f"metrics: {html.escape(', '.join(run.metrics) or 'none')}"
                 + (f"; ratings: `{html.escape(str(config.ratings))}` ({len(ratings)} rows)." if ratings is not None
                    else "; no human ratings."))
-    _configuration_section(report, config, run)
-    _metric_sections(report, run, config)
+    _configuration_section(report, config, run, by_family=families is not None)
+    _metric_sections(report, run, config, by_family=families is not None)
     if families is not None:
         _quality_diversity_section(report, run, families, ratings, config)
     if ratings is not None:
