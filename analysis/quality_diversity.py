@@ -163,7 +163,8 @@ def label_settings_by_family(run: RunData, families: pd.DataFrame) -> None:
     run.setting_labels = {s: f"{family[s]}: {label}" for s, label in run.setting_labels.items()}
     run.setting_ticks = {s: f"{family[s]}: {tick}" for s, tick in run.setting_ticks.items()}
     # Panel titles are narrow: one line per part of the family.
-    run.setting_titles = {s: ",\n".join(family[s].split(", ")) + "\n" + title for s, title in run.setting_titles.items()}
+    run.setting_titles = {s: ",\n".join(family[s].split(", ")) + "\n" + title
+                          for s, title in run.setting_titles.items()}
     run.stories["setting_label"] = run.stories["setting_id"].map(run.setting_labels)
 
 
@@ -285,12 +286,12 @@ def quality_diversity_points(stories: pd.DataFrame, embeddings: Mapping[str, np.
     story_id and one column per quality measure; ``families`` is ``setting_families``'s table."""
     quality_names = [c for c in quality.columns if c != "story_id"]
     joined = stories[["story_id", "setting_id"]].merge(quality, on="story_id", how="left")
+    width = len(next(iter(embeddings.values()))) if embeddings else 1
     rows = []
     for setting in families.itertuples(index=False):
         members = joined[joined["setting_id"] == setting.setting_id]
         if members.empty:
             continue
-        width = len(next(iter(embeddings.values()))) if embeddings else 1
         vectors = np.stack([embeddings.get(story_id, np.full(width, np.nan)) for story_id in members["story_id"]])
         draws = setting_draws(setting.setting_id, len(members), resamples, seed)
         estimates = bootstrap_setting(vectors, {name: members[name].to_numpy(float) for name in quality_names},
