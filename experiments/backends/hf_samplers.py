@@ -8,10 +8,11 @@ llama-cpp-python 0.3.36 vendors; cited per function). Top-p, min-p and
 typical-p are transformers' own warpers, which compute the same sets.
 
 llama.cpp works on an array of candidates that truncating samplers shrink
-(top-k, top-p, min-p, typical, XTC), while others set a logit to -inf and
-leave the token in the array (top-n-sigma). Dynamic temperature's maximum
-entropy and top-k's count depend on that difference, so the state carries
-``present``, llama.cpp's array as a mask, beside the scores.
+(top-k, top-p, min-p, typical, XTC), while top-n-sigma sets a logit to -inf
+and leaves the token in the array. Dynamic temperature's maximum entropy and
+top-k's count depend on that difference, so the state carries ``masked``,
+the tokens of -inf logit still in llama.cpp's array (None while there are
+none: the common case costs nothing).
 
 Every function works on a tile of rows at once; a row's numbers depend only
 on that row (its logits, its history and its own random draws).
@@ -35,12 +36,32 @@ LOWEST_FLOAT32 = torch.finfo(torch.float32).min
 
 @dataclass
 class ChainState:
-    """Scores of each row's columns, whether each column is still in llama.cpp's candidate array,
-    and the vocabulary id of each column (None: column j is token j)."""
+    """Scores of each row's columns (-inf: not a candidate), the columns of -inf score that are
+    still in llama.cpp's array (None: none), and the vocabulary id of each column (None: column j
+    is token j)."""
 
     scores: torch.Tensor
-    present: torch.Tensor
+    masked: Optional[torch.Tensor] = None
     candidates: Optional[torch.Tensor] = None
+    # No -inf score anywhere (the model's logits, before any truncation): lets samplers skip the
+    # passes that find the finite scores.
+    finite: bool = False
+
+    @property
+    def present(self) -> torch.Tensor:
+        """llama.cpp's array as a mask."""
+        finite = torch.isfinite(self.scores)
+        return finite if self.masked is None else finite | self.masked
+
+    def array_size(self) -> torch.Tensor:
+        """[rows, 1]: how many candidates llama.cpp's array holds."""
+        if self.finite and self.masked is None:
+            return torch.full((self.scores.shape[0], 1), self.scores.shape[1])
+        return self.present.sum(dim=1, keepdim=True)
+
+    def with_scores(self, scores: torch.Tensor) -> "ChainState":
+        """New scores for the same array (a penalty or a temperature: -inf stays -inf)."""
+        return ChainState(scores, self.masked, self.candidates, self.finite)
 
     def token_ids(self) -> torch.Tensor:
         if self.candidates is not None:
@@ -49,7 +70,8 @@ class ChainState:
 
     def remove(self, removed: torch.Tensor) -> "ChainState":
         """Truncate: the columns leave the array."""
-        return ChainState(self.scores.masked_fill(removed, -math.inf), self.present & ~removed, self.candidates)
+        masked = None if self.masked is None else self.masked & ~removed
+        return ChainState(self.scores.masked_fill(removed, -math.inf), masked, self.candidates)
 
     def full_vocabulary(self, values: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """``values`` given per vocabulary token, read for this state's columns."""
@@ -236,18 +258,24 @@ def _float32(value: float) -> float:
 def top_n_sigma(state: ChainState, n: float) -> ChainState:
     """Tang et al. 2024, llama_sampler_top_n_sigma_apply: keep logits >= max - n * std over the
     finite ones (population std); the others become -inf but stay in the array. Equal logits: std 0,
-    all kept. Mean and std in float64, where llama.cpp sums in float."""
-    finite = torch.isfinite(state.scores) & state.present
+    all kept. Sums are torch's (pairwise), llama.cpp's sequential: both float32."""
     if state.scores.shape[1] <= 1:
         return state
-    values = torch.where(finite, state.scores.double(), 0.0)
-    count = finite.sum(dim=1, keepdim=True).clamp(min=1)
-    mean = values.sum(dim=1, keepdim=True) / count
-    variance = (torch.where(finite, (state.scores.double() - mean) ** 2, 0.0)).sum(dim=1, keepdim=True) / count
-    top = torch.where(finite, state.scores, -math.inf).max(dim=1, keepdim=True).values
-    threshold = (top.double() - n * variance.sqrt()).float()
-    masked = state.scores < threshold
-    return ChainState(state.scores.masked_fill(masked, -math.inf), state.present, state.candidates)
+    scores = state.scores
+    if state.finite:
+        mean = scores.mean(dim=1, keepdim=True)
+        variance = ((scores - mean) ** 2).mean(dim=1, keepdim=True)
+        finite = None
+    else:
+        finite = torch.isfinite(scores)
+        count = finite.sum(dim=1, keepdim=True).clamp(min=1)
+        mean = torch.where(finite, scores, 0.0).sum(dim=1, keepdim=True) / count
+        variance = torch.where(finite, (scores - mean) ** 2, 0.0).sum(dim=1, keepdim=True) / count
+    below = scores < scores.amax(dim=1, keepdim=True) - n * variance.sqrt()
+    if finite is not None:
+        below &= finite
+    masked = below if state.masked is None else state.masked | below
+    return ChainState(state.scores.masked_fill(below, -math.inf), masked, state.candidates, False)
 
 
 def xtc(state: ChainState, xtc_: samplers.Xtc, coins: torch.Tensor) -> ChainState:
@@ -256,16 +284,23 @@ def xtc(state: ChainState, xtc_: samplers.Xtc, coins: torch.Tensor) -> ChainStat
     the threshold is removed except the least likely of them; nothing happens with fewer than two.
     A threshold of 0 keeps the least likely candidate of probability > 0 (llama.cpp would keep a token
     of probability 0 there and draw from nothing)."""
-    probs = softmax_present(state)
-    above = (probs >= xtc_.threshold) & state.present & (probs > 0)
-    enough = (above.sum(dim=1) >= 2) & (coins <= xtc_.probability)
-    if not enough.any():
+    cut = coins <= xtc_.probability
+    if not cut.any():
         return state
-    # The least likely of those above: the smallest probability among them (its column).
-    least = torch.where(above, probs, math.inf).argmin(dim=1, keepdim=True)
-    removed = above & enough[:, None]
-    removed.scatter_(1, least, False)
-    return state.remove(removed)
+    scores = state.scores
+    # At most 1/threshold candidates can have a probability >= threshold: look at those only.
+    width = scores.shape[1]
+    k = width if xtc_.threshold <= 0 else min(width, int(1 / xtc_.threshold))
+    top, columns = scores.topk(k, dim=1)
+    probs = torch.exp(top - torch.logsumexp(scores, dim=1, keepdim=True))
+    above = (probs >= xtc_.threshold) & (probs > 0)
+    count = above.sum(dim=1, keepdim=True)
+    # The top choices, sorted: all of those above the threshold but the last (the least likely).
+    removed = (torch.arange(k)[None, :] < count - 1) & (count >= 2) & cut[:, None]
+    if not removed.any():
+        return state
+    scores = scores.scatter(1, columns, torch.where(removed, -math.inf, top))
+    return ChainState(scores, state.masked, state.candidates, False)
 
 
 def temperature(state: ChainState, value: float, dynatemp: Optional[samplers.Dynatemp]) -> ChainState:
@@ -276,11 +311,10 @@ def temperature(state: ChainState, value: float, dynatemp: Optional[samplers.Dyn
     if dynatemp is None:
         # Divided by the Python number, as transformers' TemperatureLogitsWarper does (the stories of
         # earlier versions keep their bits).
-        return ChainState(state.scores / value, state.present, state.candidates)
-    size = state.present.sum(dim=1, keepdim=True)
+        return state.with_scores(state.scores / value)
+    size = state.array_size()
     low, high = max(0.0, value - dynatemp.range), value + dynatemp.range
-    probs = softmax_present(state)
-    entropy = torch.special.entr(probs).sum(dim=1, keepdim=True)
+    entropy = _entropy(state.scores, state.finite)
     maximum = torch.log(size.clamp(min=2).float())
     dynamic = low + (high - low) * torch.pow(entropy / maximum, dynatemp.exponent)
     # One candidate or none: llama.cpp leaves the row as it is.
@@ -288,14 +322,25 @@ def temperature(state: ChainState, value: float, dynatemp: Optional[samplers.Dyn
     return _divide(state, dynamic)
 
 
+def _entropy(scores: torch.Tensor, finite: bool) -> torch.Tensor:
+    """[rows, 1] entropy (nats) of softmax(scores): log Z - sum p * s where every score is finite
+    (two cheap passes), else -sum p log p with 0 log 0 = 0."""
+    if finite:
+        log_z = torch.logsumexp(scores, dim=1, keepdim=True)
+        return log_z - (torch.exp(scores - log_z) * scores).sum(dim=1, keepdim=True)
+    return torch.special.entr(torch.softmax(scores, dim=1)).sum(dim=1, keepdim=True)
+
+
 def _divide(state: ChainState, temperatures: torch.Tensor) -> ChainState:
     greedy = temperatures <= 0
     scores = state.scores / torch.where(greedy, 1.0, temperatures)
     if greedy.any():
         best = scores.argmax(dim=1, keepdim=True)
-        keep = torch.zeros_like(state.present).scatter_(1, best, True)
-        scores = torch.where(greedy & ~keep, -math.inf, scores)
-    return ChainState(scores, state.present, state.candidates)
+        keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, best, True)
+        dropped = greedy & ~keep & torch.isfinite(scores)  # -inf, still in the array
+        scores = scores.masked_fill(dropped, -math.inf)
+        return ChainState(scores, dropped if state.masked is None else state.masked | dropped, state.candidates, False)
+    return state.with_scores(scores)
 
 
 def top_k(state: ChainState, k: int) -> ChainState:
@@ -303,18 +348,18 @@ def top_k(state: ChainState, k: int) -> ChainState:
     then work on k columns, not the vocabulary). A -inf token still in the array outranks one already
     removed, as in llama.cpp, where the removed one is gone."""
     k = min(k, state.scores.shape[1])
-    key = torch.where(state.present & torch.isneginf(state.scores), LOWEST_FLOAT32, state.scores)
-    key = torch.where(state.present, key, -math.inf)
+    key = state.scores if state.masked is None else state.scores.masked_fill(state.masked, LOWEST_FLOAT32)
     columns = key.topk(k, dim=1).indices
     candidates = columns if state.candidates is None else state.candidates.gather(1, columns)
-    return ChainState(state.scores.gather(1, columns), state.present.gather(1, columns), candidates)
+    masked = None if state.masked is None else state.masked.gather(1, columns)
+    return ChainState(state.scores.gather(1, columns), masked, candidates, state.finite)
 
 
 def _transformers_warper(warper) -> Callable[[ChainState], ChainState]:
-    """A transformers warper as a truncation: the columns it sets to -inf leave the array."""
+    """A transformers warper as a truncation: the columns it sets to -inf leave the array, and so do
+    the -inf ones (llama.cpp's top-p and typical cut them: probability 0)."""
     def apply(state: ChainState) -> ChainState:
-        scores = warper(None, state.scores)
-        return ChainState(scores, state.present & torch.isfinite(scores), state.candidates)
+        return ChainState(warper(None, state.scores), None, state.candidates)
     return apply
 
 
@@ -366,7 +411,7 @@ class SamplerChain:
         if self.dry is not None and dry_tables is None:
             raise ValueError("a chain with DRY needs its breaker tables (dry_tables_for)")
         self.dry_tables = dry_tables
-        self.bias = None
+        self.bias, self.finite_bias = None, True
         if sampling.logit_bias:
             self.bias = torch.zeros(vocab_size)
             for token, value in sampling.logit_bias.items():
@@ -374,6 +419,7 @@ class SamplerChain:
                     raise ValueError(f"sampling.logit_bias: token id {token} is outside the vocabulary "
                                      f"(size {vocab_size})")
                 self.bias[int(token)] = float(value)
+            self.finite_bias = bool(torch.isfinite(self.bias).all())
         self.warpers = {
             "typical_p": _transformers_warper(TypicalLogitsWarper(sampling.typical_p)) if "typical_p" in self.names else None,
             "top_p": _transformers_warper(TopPLogitsWarper(sampling.top_p)) if "top_p" in self.names else None,
@@ -398,8 +444,8 @@ class SamplerChain:
         return Draws(token, coin)
 
     def __call__(self, history: Optional[torch.Tensor], logits: torch.Tensor, draws: Draws) -> ChainState:
-        scores = logits if self.bias is None else logits + self.bias
-        state = ChainState(scores, torch.ones_like(scores, dtype=torch.bool))
+        # The model's logits are finite; a bias may not be.
+        state = ChainState(logits if self.bias is None else logits + self.bias, finite=self.finite_bias)
         for name in self.names:
             state = self._apply(name, state, history, draws)
         return state
@@ -414,13 +460,12 @@ class SamplerChain:
             counts = token_counts(window, self.vocab_size, state.scores.dtype)
             scores = apply_penalties(state.scores, window, sampling.repetition_penalty, sampling.presence_penalty,
                                      sampling.frequency_penalty, counts=state.full_vocabulary(counts, self.vocab_size))
-            return ChainState(scores, state.present, state.candidates)
+            return state.with_scores(scores)
         if name == "dry":
             if history is None or history.shape[1] == 0:
                 return state
             penalty = dry_penalties(history, self.dry, self.dry_tables, self.vocab_size)
-            return ChainState(state.scores - state.full_vocabulary(penalty, self.vocab_size), state.present,
-                              state.candidates)
+            return state.with_scores(state.scores - state.full_vocabulary(penalty, self.vocab_size))
         if name == "top_n_sigma":
             return top_n_sigma(state, sampling.top_n_sigma)
         if name == "top_k":

@@ -16,7 +16,7 @@ from experiments.config import ConfigError, SamplingConfig
 
 def state(*rows):
     scores = torch.tensor(rows, dtype=torch.float32)
-    return ChainState(scores, torch.ones_like(scores, dtype=torch.bool))
+    return ChainState(scores, finite=bool(torch.isfinite(scores).all()))
 
 
 def kept(chain_state):
