@@ -20,11 +20,9 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import Row, add_json_flag, print_rows
-from experiments.config import GenerateConfig, HFBackendConfig, LlamaCppBackendConfig, PromptConfig, SamplingConfig
+from benchmarks.generation import PAPER_PROMPT
+from experiments.config import GenerateConfig, HFBackendConfig, LlamaCppBackendConfig, SamplingConfig
 from experiments.run import run_generation
-
-PAPER_PROMPT = PromptConfig(id="paper", messages=[{"role": "user", "content": "Write a story."}],
-                            assistant_prefix="Here it is:\n\n")
 BASELINE = "temperature alone"
 # Each case at temperature 1.0 with pure sampling otherwise (top_k 0, top_p 1), as experiment=samplers.
 CASES: dict[str, dict] = {
