@@ -4,7 +4,7 @@ Both in-process backends build their chain from this module, and the
 llama-server profile sends the same order, so one setting means one
 distribution everywhere. Names are llama.cpp's (``common/sampling.cpp``);
 ``DEFAULT_ORDER`` is llama-server's default chain, which is also the order
-of the harness before ``sampling_order`` existed, so settings that leave it
+of the harness before ``sampler_order`` existed, so settings that leave it
 unset keep their stories.
 
 Logit bias always runs first and is not part of the order, as in llama.cpp.

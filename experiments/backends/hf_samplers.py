@@ -73,14 +73,9 @@ class ChainState:
         masked = None if self.masked is None else self.masked & ~removed
         return ChainState(self.scores.masked_fill(removed, -math.inf), masked, self.candidates)
 
-    def full_vocabulary(self, values: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    def for_columns(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` given per vocabulary token, read for this state's columns."""
         return values if self.candidates is None else values.gather(1, self.candidates)
-
-
-def softmax_present(state: ChainState) -> torch.Tensor:
-    """llama_sampler_softmax_impl over the array: -inf (and absent) columns get probability 0."""
-    return torch.softmax(state.scores, dim=-1)
 
 
 # --- penalties -----------------------------------------------------------------------------------
@@ -427,10 +422,6 @@ class SamplerChain:
         }
 
     @property
-    def needs_history(self) -> bool:
-        return needs_history(self.sampling)
-
-    @property
     def draws_per_token(self) -> int:
         return draws_per_token(self.sampling)
 
@@ -459,13 +450,13 @@ class SamplerChain:
             window = history if not n or n < 0 else history[:, -n:]
             counts = token_counts(window, self.vocab_size, state.scores.dtype)
             scores = apply_penalties(state.scores, window, sampling.repetition_penalty, sampling.presence_penalty,
-                                     sampling.frequency_penalty, counts=state.full_vocabulary(counts, self.vocab_size))
+                                     sampling.frequency_penalty, counts=state.for_columns(counts))
             return state.with_scores(scores)
         if name == "dry":
             if history is None or history.shape[1] == 0:
                 return state
             penalty = dry_penalties(history, self.dry, self.dry_tables, self.vocab_size)
-            return state.with_scores(state.scores - state.full_vocabulary(penalty, self.vocab_size))
+            return state.with_scores(state.scores - state.for_columns(penalty))
         if name == "top_n_sigma":
             return top_n_sigma(state, sampling.top_n_sigma)
         if name == "top_k":
