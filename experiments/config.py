@@ -33,6 +33,9 @@ def _finite(value: Optional[float]) -> bool:
     return value is None or math.isfinite(value)
 
 
+MAX_TOP_LOGPROBS = 20
+
+
 @dataclass
 class SamplingConfig:
     """Decoding parameters of one setting. ``None`` means "not set": nothing is sent."""
@@ -51,6 +54,11 @@ class SamplingConfig:
     mirostat_eta: Optional[float] = None
     logit_bias: Optional[Dict[int, float]] = None  # token id -> additive bias
     grammar: Optional[str] = None  # llama.cpp GBNF text
+    # A JSON Schema (as JSON text) the answer must follow: llama.cpp's grammar in process and on its
+    # servers, OpenAI's and vLLM's response_format (structured outputs).
+    json_schema: Optional[str] = None
+    # Also record, per generated token, this many most likely alternatives with their untempered log-probs.
+    top_logprobs: Optional[int] = None
     # The samplers made for creative text (llama.cpp's names; experiments/samplers.py has their defaults).
     xtc_probability: Optional[float] = None  # "exclude top choices": chance per token of cutting
     xtc_threshold: Optional[float] = None  # ... every candidate above it but the least likely of them
@@ -103,6 +111,12 @@ class SamplingConfig:
                        "a mapping of token id (integer >= 0) to a finite bias")
         if self.grammar is not None:
             _check(bool(self.grammar.strip()), p + "grammar", self.grammar, "non-empty GBNF text, or null")
+        if self.json_schema is not None:
+            self._check_json_schema()
+        if self.top_logprobs is not None:
+            _check(isinstance(self.top_logprobs, int) and 1 <= self.top_logprobs <= MAX_TOP_LOGPROBS,
+                   p + "top_logprobs", self.top_logprobs,
+                   f"an integer from 1 to {MAX_TOP_LOGPROBS} (OpenAI's limit), or null")
         self._check_creative_samplers()
         _check(all(isinstance(s, str) and s for s in self.stop), p + "stop", self.stop,
                "a list of non-empty strings")
@@ -110,6 +124,18 @@ class SamplingConfig:
         _check(self.n >= 1, p + "n", self.n, "an integer >= 1 (stories per setting)")
         _check(0 <= self.seed < 2**63, p + "seed", self.seed, "an integer in [0, 2**63)")
 
+    def _check_json_schema(self) -> None:
+        import json
+
+        try:
+            schema = json.loads(self.json_schema)
+        except ValueError as error:
+            raise GenerateConfigError(f"sampling.json_schema is not valid JSON ({error}); allowed: a JSON Schema "
+                                      "object as JSON text, or null") from None
+        _check(isinstance(schema, dict) and bool(schema), "sampling.json_schema", self.json_schema,
+               "a JSON Schema object as JSON text, or null")
+        _check(self.grammar is None, "sampling.grammar", self.grammar,
+               "null when sampling.json_schema is set (the schema becomes the grammar)")
 
     def _check_creative_samplers(self) -> None:
         from experiments import samplers  # here, not at the top: samplers imports this module

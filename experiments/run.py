@@ -193,7 +193,7 @@ def _story_record(plan: SettingPlan, story) -> dict[str, Any]:
     logprobs = story.token_logprobs
     if logprobs is not None:
         logprobs = [value if math.isfinite(value) else None for value in logprobs]
-    return {
+    record = {
         "story_id": story.request.story_id,
         "setting_id": plan.setting_id,
         "setting": plan.setting,
@@ -220,6 +220,9 @@ def _story_record(plan: SettingPlan, story) -> dict[str, Any]:
         "created_at": utc_now(),
         "harness_version": harness_version(),
     }
+    if story.token_alternatives is not None:  # only a setting with top_logprobs asks for them
+        record["token_alternatives"] = story.token_alternatives
+    return record
 
 
 def _start_job(job_dir: Path, plan: SettingPlan) -> dict[str, Any]:

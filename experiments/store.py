@@ -133,10 +133,12 @@ class StoryStore:
     duplicate never rereads the whole file.
     """
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike, file_name: str = STORIES_FILE, key: str = "story_id"):
+        # file_name and key let other records that are made one by one (judgments) be stored the same way.
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / STORIES_FILE
+        self.path = self.directory / file_name
+        self.key = key
         self._lock = _lock_for(self.path)
         self._ids: set[str] = set()
         self._offset = 0
@@ -154,7 +156,7 @@ class StoryStore:
             handle.seek(self._offset)
             for raw in handle:
                 if raw.strip():
-                    self._ids.add(json.loads(raw)["story_id"])
+                    self._ids.add(json.loads(raw)[self.key])
             self._offset = handle.tell()
 
     def existing_ids(self) -> set[str]:
@@ -164,7 +166,7 @@ class StoryStore:
             return set(self._ids)
 
     def append(self, story: dict[str, Any]) -> bool:
-        """Write one story unless its id is already stored; return whether written.
+        """Write one story unless its id (its ``key`` field) is already stored; return whether written.
 
         The id check happens under the lock, so two processes racing on the
         same story cannot both write it.
@@ -172,14 +174,14 @@ class StoryStore:
         line = (json.dumps(story, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
         with self._lock:
             self._refresh()
-            if story["story_id"] in self._ids:
+            if story[self.key] in self._ids:
                 return False
             with open(self.path, "ab") as handle:
                 handle.write(line)
                 handle.flush()
                 os.fsync(handle.fileno())
                 self._offset = handle.tell()
-            self._ids.add(story["story_id"])
+            self._ids.add(story[self.key])
         return True
 
 

@@ -69,6 +69,9 @@ class GeneratedStory:
     server_response: Optional[dict[str, Any]] = None
     # Per token, what the sampler chain did (``SamplerDiagnostics.as_record``); None unless asked for.
     sampler_diagnostics: Optional[dict[str, list]] = None
+    # With sampling.top_logprobs: per generated token {"token": text, "logprob": float, "top": [[text,
+    # logprob], ...]} (the most likely alternatives under the untempered model); None otherwise.
+    token_alternatives: Optional[list[dict[str, Any]]] = None
 
 
 @dataclass

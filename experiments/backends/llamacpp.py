@@ -36,7 +36,7 @@ class LlamaCppBackend(Backend):
     supported_parameters = frozenset({
         "top_p", "top_k", "min_p", "typical_p", "repetition_penalty", "presence_penalty",
         "frequency_penalty", "repeat_last_n", "mirostat_mode", "mirostat_tau", "mirostat_eta",
-        "logit_bias", "grammar", "stop",
+        "logit_bias", "grammar", "json_schema", "top_logprobs", "stop",
         "xtc_probability", "xtc_threshold", "top_n_sigma", "dry_multiplier", "dry_base", "dry_allowed_length",
         "dry_penalty_last_n", "dry_sequence_breakers", "dynatemp_range", "dynatemp_exponent", "sampler_order",
     })
@@ -87,6 +87,7 @@ class LlamaCppBackend(Backend):
         diagnostics = SamplerDiagnostics([], [], []) if self.record_diagnostics else None
         tokens: list[int] = []
         logprobs: list[float] = []
+        alternatives: Optional[list[dict[str, Any]]] = [] if sampling.top_logprobs else None
         finish_reason = "length"
         text = None
         # Each story starts from an empty cache: its text cannot depend on the story before it.
@@ -106,7 +107,10 @@ class LlamaCppBackend(Backend):
                     finish_reason = "stop"
                     break
                 top = logits.max()
-                logprobs.append(float(logits[token] - top - np.log(np.exp(logits - top).sum())))
+                normaliser = top + np.log(np.exp(logits - top).sum())
+                logprobs.append(float(logits[token] - normaliser))
+                if alternatives is not None:
+                    alternatives.append(self._alternatives(logits, normaliser, token, sampling.top_logprobs))
                 tokens.append(token)
                 if sampling.stop:
                     decoded = llm.detokenize(tokens).decode("utf-8", errors="ignore")
@@ -121,7 +125,18 @@ class LlamaCppBackend(Backend):
             text = llm.detokenize(tokens).decode("utf-8", errors="replace")
         return GeneratedStory(request=request, text=text, n_tokens=len(tokens), finish_reason=finish_reason,
                               token_logprobs=logprobs, latency_s=time.perf_counter() - started,
-                              sampler_diagnostics=diagnostics.as_record(len(tokens)) if diagnostics else None)
+                              sampler_diagnostics=diagnostics.as_record(len(tokens)) if diagnostics else None,
+                              token_alternatives=alternatives)
+
+    def _piece(self, token: int) -> str:
+        return self.llm.detokenize([token]).decode("utf-8", errors="replace")
+
+    def _alternatives(self, logits: np.ndarray, normaliser: float, token: int, count: int) -> dict[str, Any]:
+        """The chosen token and the ``count`` most likely ones, with log-probs of the untempered model."""
+        best = np.argpartition(-logits, count)[:count] if count < len(logits) else np.arange(len(logits))
+        best = best[np.argsort(-logits[best], kind="stable")]
+        return {"token": self._piece(token), "logprob": float(logits[token] - normaliser),
+                "top": [[self._piece(int(i)), float(logits[i] - normaliser)] for i in best]}
 
     def close(self) -> None:
         if self.llm is not None:

@@ -44,6 +44,17 @@ MIN_KEEP = 1
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
 
 
+def schema_grammar(json_schema: str) -> str:
+    """The GBNF grammar of a JSON Schema, by llama.cpp's own converter (the one its servers use)."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        return json_schema_to_gbnf(json_schema)
+    except Exception as error:  # the converter raises bare Exceptions and ValueErrors for what it cannot take
+        raise ConfigError(f"sampling.json_schema cannot be turned into a llama.cpp grammar ({error}); "
+                          "use the subset of JSON Schema llama.cpp supports") from None
+
+
 def _window(last_n: int, whole: int) -> int:
     """A penalty window as the constructors take it: llama_sampler_init_penalties and _dry clamp a
     negative window to 0, which turns them off, so -1 (the whole story) becomes ``whole``."""
@@ -147,6 +158,10 @@ class SamplerChain:
         if sampling.grammar is not None:
             self._add(self._lib.llama_sampler_init_grammar(vocab, sampling.grammar.encode("utf-8"), b"root"),
                       f"sampling.grammar={sampling.grammar!r} (GBNF with a 'root' rule)")
+        elif sampling.json_schema is not None:
+            self._add(self._lib.llama_sampler_init_grammar(vocab, schema_grammar(sampling.json_schema).encode("utf-8"),
+                                                           b"root"),
+                      f"sampling.json_schema={sampling.json_schema!r} (as converted to GBNF by llama.cpp)")
 
     def _add_penalties(self, sampling: SamplingConfig, n_vocab: int, whole_window: int) -> None:
         if "penalties" not in samplers.in_use(sampling):

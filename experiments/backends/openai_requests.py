@@ -78,6 +78,7 @@ def story_from_response(request: StoryRequest, endpoint: Endpoint, response: Any
     """The story in a chat or completions response, with what was sent and what the server said it ran."""
     choice = response.choices[0]
     logprobs = None
+    alternatives = token_alternatives(choice, endpoint) if parameters.alternatives else None
     if endpoint == Endpoint.chat:
         text = choice.message.content or ""
         if profile is not None and profile.prefill_echoes_prefix and continues_assistant(request.prompt, endpoint):
@@ -109,7 +110,36 @@ def story_from_response(request: StoryRequest, endpoint: Endpoint, response: Any
     return GeneratedStory(
         request=request, text=text, n_tokens=n_tokens, finish_reason=choice.finish_reason or "unknown",
         token_logprobs=logprobs, latency_s=latency, sent_parameters=parameters.sent(),
-        server_response=server_response)
+        server_response=server_response, token_alternatives=alternatives)
+
+
+def _number(value: Any) -> Optional[float]:
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def token_alternatives(choice: Any, endpoint: Endpoint) -> Optional[list[dict[str, Any]]]:
+    """Per generated token {"token", "logprob", "top": [[text, logprob], ...]}, as the server listed them.
+
+    Chat responses carry them in ``logprobs.content[i].top_logprobs``; completions in
+    ``logprobs.tokens`` and ``logprobs.top_logprobs`` (one {text: logprob} mapping per token).
+    None when the server sent none (it may ignore the request).
+    """
+    logprobs = choice.logprobs
+    if logprobs is None:
+        return None
+    if endpoint == Endpoint.chat:
+        if not logprobs.content:
+            return None
+        return [{"token": item.token, "logprob": _number(item.logprob),
+                 "top": [[top.token, _number(top.logprob)] for top in (item.top_logprobs or [])]}
+                for item in logprobs.content]
+    if not logprobs.tokens:
+        return None
+    tops = logprobs.top_logprobs or [None] * len(logprobs.tokens)
+    values = logprobs.token_logprobs or [None] * len(logprobs.tokens)
+    return [{"token": token, "logprob": _number(value),
+             "top": [[text, _number(logprob)] for text, logprob in (top or {}).items()]}
+            for token, value, top in zip(logprobs.tokens, values, tops)]
 
 
 def applied_settings(response: Any, profile: Profile) -> Optional[dict[str, Any]]:
@@ -127,7 +157,8 @@ _WARNED: set[tuple[str, str]] = set()
 # Names under which an echo reports a sent field (llama-server: n_predict for max_tokens).
 _ECHO_ALIASES = {"max_tokens": "n_predict", "max_completion_tokens": "n_predict"}
 # Fields that are not sampler settings, or that a server rewrites on purpose (logprobs -> n_probs).
-_NOT_ECHOED = frozenset({"logprobs", "top_logprobs", "stop", "logit_bias", "grammar", "verbose",
+_NOT_ECHOED = frozenset({"logprobs", "top_logprobs", "stop", "logit_bias", "grammar", "json_schema",
+                         "response_format", "verbose",
                          "continue_final_message", "add_generation_prompt"})
 
 
