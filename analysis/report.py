@@ -214,10 +214,30 @@ def _quality_diversity_section(report: Report, run: RunData, families: pd.DataFr
                      f"diversity and reference_diversity: the closest setting may still be far off.")
 
 
+def rater_kind(ratings: pd.DataFrame) -> str:
+    """"judge" when every row is an LLM judge's (column rater_kind, as analysis.judge writes it), "mixed"
+    when some are, else "human"."""
+    if "rater_kind" not in ratings.columns:
+        return "human"
+    judged = ratings["rater_kind"].astype(str).eq("judge")
+    return "judge" if judged.all() else "mixed" if judged.any() else "human"
+
+
 def _ratings_sections(report: Report, run: RunData, ratings: pd.DataFrame, config: ReportConfig) -> None:
     criteria, out = list(config.criteria), report.out_dir / "figures"
     predictors = run.swept + run.metrics
-    report.text("## Human ratings")
+    kind = rater_kind(ratings)
+    if kind == "judge":
+        judges = sorted(ratings["judge"].dropna().astype(str).unique()) if "judge" in ratings.columns else []
+        report.text("## Judge ratings\n\nThese ratings were made by LLM judges (`python -m analysis.judge`), not by "
+                    "people" + (f": {html.escape(', '.join(judges))}" if judges else "") + ". Each repeat of a judge "
+                    "counts as one rater (participant_id names judge, rubric and repeat); how far a judge can "
+                    "stand in for people is in its calibration against human ratings, not here.")
+    elif kind == "mixed":
+        report.text("## Human and judge ratings\n\nThe table mixes people's ratings with LLM judges' "
+                    "(column rater_kind); each judge repeat counts as one rater.")
+    else:
+        report.text("## Human ratings")
     descriptives = criterion_summary(ratings, criteria).merge(
         reliability_table(ratings, criteria, confidence=config.confidence), on="criterion")
     report.table(descriptives, "ratings_descriptives",
@@ -271,7 +291,8 @@ def build_report(config: ReportConfig) -> Path:
     report.text(f"# Analysis report\n\nRun: `{html.escape(str(run.run_dir))}`: {len(run.stories)} stories in "
                 f"{len(run.settings_order)} settings; swept: {html.escape(', '.join(run.swept) or 'nothing')}; "
                 f"metrics: {html.escape(', '.join(run.metrics) or 'none')}"
-                + (f"; ratings: `{html.escape(str(config.ratings))}` ({len(ratings)} rows)." if ratings is not None
+                + (f"; {'judge ' if rater_kind(ratings) == 'judge' else ''}ratings: "
+                   f"`{html.escape(str(config.ratings))}` ({len(ratings)} rows)." if ratings is not None
                    else "; no human ratings."))
     _configuration_section(report, config, run, by_family=families is not None)
     _metric_sections(report, run, config, by_family=families is not None)

@@ -335,11 +335,18 @@ def calibration_table(
 # --- the summary --------------------------------------------------------------------------------------------
 
 def agreement_verdict(spearman_values: Sequence[float]) -> str:
-    """'near zero' if every |rho| < 0.2 (or is undefined), 'weak' if every |rho| < 0.4, else 'moderate/strong'."""
-    defined = np.abs(np.asarray([v for v in spearman_values if np.isfinite(v)], dtype=float))
-    if not len(defined) or defined.max() < NEAR_ZERO_BELOW:
+    """From the median Spearman rho over criteria, sign kept: 'near zero' below 0.2, 'weak' below 0.4, else
+    'moderate/strong'.
+
+    Signed, because a judge that ranks stories opposite to the humans disagrees with them; the median,
+    because one criterion that happens to correlate (31 stories give wide intervals) says little about a
+    judge. An undefined correlation (the judge gave one value to every story) counts as 0: no agreement.
+    """
+    values = np.asarray([v if np.isfinite(v) else 0.0 for v in spearman_values], dtype=float)
+    median = float(np.median(values)) if len(values) else 0.0
+    if median < NEAR_ZERO_BELOW:
         return "near zero"
-    if defined.max() < WEAK_BELOW:
+    if median < WEAK_BELOW:
         return "weak"
     return "moderate/strong"
 
@@ -361,10 +368,13 @@ def calibration_summary(table: pd.DataFrame) -> str:
             body = f"no criterion has a defined Spearman correlation ({len(rows)} criteria)."
         else:
             excluding = defined[(defined["spearman_ci_low"] > 0) | (defined["spearman_ci_high"] < 0)]
+            opposite = defined[defined["spearman_ci_high"] < 0]
             body = (f"median Spearman rho {defined['spearman'].median():.2f} over {len(defined)} of {len(rows)} "
                     f"criteria (from {defined['spearman'].min():.2f} to {defined['spearman'].max():.2f}); "
                     + (f"the {interval} excludes 0 for {', '.join(excluding['criterion'])}."
-                       if len(excluding) else f"no criterion's {interval} excludes 0."))
+                       if len(excluding) else f"no criterion's {interval} excludes 0.")
+                    + (f" For {', '.join(opposite['criterion'])} the judge ranks the stories opposite to the "
+                       "humans (the whole interval is below 0)." if len(opposite) else ""))
         verdict = agreement_verdict(rows["spearman"].to_numpy(float))
         failed = int(rows["n_failed"].sum())
         failures = f" {failed} judge ratings failed (NaN), counted over all criteria." if failed else ""

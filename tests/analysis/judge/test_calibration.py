@@ -282,11 +282,14 @@ def _summary_table(rhos: list[float], ci_lows: list[float] | None = None) -> pd.
 @pytest.mark.parametrize("rhos, verdict", [
     ([0.1, -0.15, 0.05, 0.19], "near zero"),
     ([np.nan, np.nan, np.nan, np.nan], "near zero"),
-    ([0.1, np.nan, 0.35, -0.2], "weak"),
-    ([0.1, 0.2, -0.45, 0.3], "moderate/strong"),
+    ([0.1, np.nan, 0.35, -0.2], "near zero"),  # median of -0.2, 0 (undefined), 0.1, 0.35 is 0.05
+    ([0.1, 0.2, -0.45, 0.3], "near zero"),  # a strong negative correlation is disagreement, not agreement
+    ([-0.5, -0.6, -0.45, -0.7], "near zero"),
+    ([0.25, 0.3, 0.35, 0.1], "weak"),
+    ([0.1, 0.45, 0.5, 0.6], "moderate/strong"),
     ([0.7, 0.8, 0.6, 0.9], "moderate/strong"),
 ])
-def test_summary_verdict_follows_the_largest_defined_correlation(rhos, verdict):
+def test_summary_verdict_follows_the_median_signed_correlation(rhos, verdict):
     summary = calibration_summary(_summary_table(rhos))
     assert agreement_verdict(rhos) == verdict
     assert f"Agreement with the humans is {verdict}." in summary
@@ -299,6 +302,8 @@ def test_summary_reports_the_median_and_the_intervals_that_exclude_zero():
     assert "the 95% CI excludes 0 for typicality, coherence." in summary
     none_excluded = calibration_summary(_summary_table([0.1, 0.05], ci_lows=[-0.2, -0.3]))
     assert "no criterion's 95% CI excludes 0." in none_excluded
+    opposite = calibration_summary(_summary_table([-0.6, 0.1], ci_lows=[-0.9, -0.3]))  # highs: -0.3, 0.4
+    assert "For novelty the judge ranks the stories opposite to the humans" in opposite
 
 
 # --- the figure and the paper's data ----------------------------------------------------------------------------
