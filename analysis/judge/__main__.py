@@ -64,6 +64,24 @@ def _outcome_rows(judges, outcomes: list[JudgeOutcome], records: list[dict]) -> 
     return pd.DataFrame(rows)
 
 
+def _interval(value: float, low: float, high: float) -> str:
+    if pd.isna(value):
+        return "undefined"
+    return f"{value:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def printed_table(table: pd.DataFrame) -> str:
+    """The calibration as the command prints it: one line per judge, score kind and criterion."""
+    rows = [{"judge": row.judge, "score": row.score_kind, "criterion": row.criterion, "n": row.n_stories,
+             "failed": row.n_failed, "spearman [CI]": _interval(row.spearman, row.spearman_ci_low, row.spearman_ci_high),
+             "pearson": "undefined" if pd.isna(row.pearson) else f"{row.pearson:+.2f}", "bias": f"{row.bias:+.2f}",
+             "alpha humans -> +judge": f"{row.alpha_humans:.2f} -> {row.alpha_with_judge:.2f}",
+             "beta T humans [CI]": _interval(row.beta_humans, row.beta_humans_ci_low, row.beta_humans_ci_high),
+             "beta T judge [CI]": _interval(row.beta_judge, row.beta_judge_ci_low, row.beta_judge_ci_high)}
+            for row in table.itertuples()]
+    return pd.DataFrame(rows).to_markdown(index=False)
+
+
 def _calibration(report: Report, config: JudgeRunConfig, records: list[dict], stories: pd.DataFrame) -> None:
     human = load_ratings(config.human, CRITERION_NAMES, known_story_ids=set(stories["story_id"]))
     judge = pd.concat([ratings_frame(records, kind).assign(score_kind=kind) for kind in ("sampled", "expected")],
@@ -85,6 +103,7 @@ def _calibration(report: Report, config: JudgeRunConfig, records: list[dict], st
                 f"Human ratings: `{html.escape(str(config.human))}` ({len(human)} ratings of "
                 f"{human['story_id'].nunique()} stories by {human['participant_id'].nunique()} participants).\n\n"
                 + calibration.calibration_summary(table))
+    print(printed_table(table) + "\n\n" + calibration.calibration_summary(table) + "\n", flush=True)
     report.table(table, CALIBRATION_NAME,
                  f"Per judge, score kind and criterion: Spearman and Pearson correlation of the judge's story mean "
                  f"(over repeats) with the humans' story mean, percentile bootstrap {config.confidence:.0%} CIs "
