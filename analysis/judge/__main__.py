@@ -82,8 +82,8 @@ def printed_table(table: pd.DataFrame) -> str:
     return pd.DataFrame(rows).to_markdown(index=False)
 
 
-def _calibration(report: Report, config: JudgeRunConfig, records: list[dict], stories: pd.DataFrame) -> None:
-    human = load_ratings(config.human, CRITERION_NAMES, known_story_ids=set(stories["story_id"]))
+def _calibration(report: Report, config: JudgeRunConfig, records: list[dict], stories: pd.DataFrame,
+                 human: pd.DataFrame) -> None:
     judge = pd.concat([ratings_frame(records, kind).assign(score_kind=kind) for kind in ("sampled", "expected")],
                       ignore_index=True)
     judge = judge[judge["story_id"].isin(set(human["story_id"]))]
@@ -125,6 +125,10 @@ def write_outputs(config: JudgeRunConfig, resolved_yaml: str) -> Path:
     from analysis.judge.stories import load_stories
 
     out_dir = Path(config.out_dir)
+    stories = load_stories(config.stories)
+    # Checked before any judgment is asked: a bad ratings file must not cost a run.
+    human = (load_ratings(config.human, CRITERION_NAMES, known_story_ids=set(stories["story_id"]))
+             if config.human else None)
     judges, outcomes, records, rubric = run_judges(config)
     write_atomic(out_dir / "judge_config.yaml", resolved_yaml)
     sampled = ratings_frame(records, "sampled")
@@ -143,8 +147,8 @@ def write_outputs(config: JudgeRunConfig, resolved_yaml: str) -> Path:
                  "Judgments per judge: ok, failed (every attempt refused: stored, scores empty), with a "
                  "probability-weighted score; answers refused over all attempts; this run: made, already stored, "
                  "not answered by the server (asked again next run) and refusals by kind.")
-    if config.human:
-        _calibration(report, config, records, load_stories(config.stories))
+    if human is not None:
+        _calibration(report, config, records, stories, human)
     path = report.write()
     for row in summary.itertuples():
         log.info("%s: %d judgments (%d ok, %d failed), %d made now, %d already stored, %d unanswered",

@@ -193,3 +193,19 @@ def test_failed_judgments_stay_in_the_ratings_as_empty_rows():
     answers = answers_frame(records)
     assert answers["attempt"].tolist() == [0, 0, 1] and answers["error_kind"].tolist()[1:] == ["no_json",
                                                                                                "out_of_range"]
+
+
+def test_a_bad_human_ratings_file_stops_the_run_before_any_judgment(tmp_path):
+    from analysis.judge.__main__ import write_outputs
+    from analysis.ratings import RatingsError
+
+    store = tmp_path / "stories.jsonl"
+    store.write_text(json.dumps({"story_id": "a", "text": "A story."}) + "\n")
+    (tmp_path / "exemplar.txt").write_text("An exemplar.")
+    (tmp_path / "human.csv").write_text("story_id,participant_id,novelty,typicality,cohesion,coherence\n"
+                                        "a,p1,3,3,3,9\n")
+    config = JudgeRunConfig(stories=str(store), exemplar=str(tmp_path / "exemplar.txt"), out_dir=str(tmp_path / "out"),
+                            human=str(tmp_path / "human.csv"), progress=False)
+    with pytest.raises(RatingsError, match="human.csv: column 'coherence' has value.*9.*outside"):
+        write_outputs(config, "")
+    assert not (tmp_path / "out" / "judgments.jsonl").exists()
