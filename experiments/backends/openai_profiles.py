@@ -378,6 +378,9 @@ def request_parameters(profile: Profile, sampling: SamplingConfig, endpoint: End
     if logprobs and profile.logprobs:
         # Chat takes a flag; completions the number of alternatives per token (1: the chosen one).
         standard.update(profile.logprobs_request[endpoint])
+    if sampling.top_logprobs is not None:  # accepted by the profile (unaccepted_parameters checked it)
+        standard.update({"logprobs": True, "top_logprobs": sampling.top_logprobs} if endpoint == Endpoint.chat
+                        else {"logprobs": sampling.top_logprobs})
     if prefill:
         extra.update(profile.prefill or {})
     extra.update(profile.request_echo or {})

@@ -70,10 +70,6 @@ def test_ollama_refuses_both_by_name():
     assert unaccepted_parameters(profile_of("ollama"), WITH_BOTH) == ["json_schema", "top_logprobs"]
 
 
-@pytest.mark.xfail(reason="request_parameters (experiments/backends/openai_profiles.py) never sends "
-                          "sampling.top_logprobs: it only sets RequestParameters.alternatives, so a server is "
-                          "asked for no alternatives unless backend.logprobs is on (and llama-server then gets "
-                          "top_logprobs 1)", strict=False)
 @pytest.mark.parametrize("profile", ["openai", "vllm", "llamacpp_server"])
 def test_a_setting_with_top_logprobs_asks_the_chat_endpoint_for_that_many_alternatives(profile):
     parameters = request_parameters(profile_of(profile), WITH_BOTH, Endpoint.chat, logprobs=False)
