@@ -214,6 +214,14 @@ def _quality_diversity_section(report: Report, run: RunData, families: pd.DataFr
                      f"diversity and reference_diversity: the closest setting may still be far off.")
 
 
+def _failed_judgments(ratings: pd.DataFrame, criteria: list[str]) -> str:
+    """A sentence counting the judgments that failed (rows without scores): they stay in the table, unused."""
+    failed = int(ratings["status"].astype(str).eq("failed").sum()) if "status" in ratings.columns \
+        else int(ratings[criteria].isna().all(axis=1).sum())
+    return (f" {failed} of {len(ratings)} judgments failed (no well-formed answer within the attempts): their rows "
+            "have no scores and no model uses them." if failed else f" All {len(ratings)} judgments have scores.")
+
+
 def rater_kind(ratings: pd.DataFrame) -> str:
     """"judge" when every row is an LLM judge's (column rater_kind, as analysis.judge writes it), "mixed"
     when some are, else "human"."""
@@ -232,7 +240,8 @@ def _ratings_sections(report: Report, run: RunData, ratings: pd.DataFrame, confi
         report.text("## Judge ratings\n\nThese ratings were made by LLM judges (`python -m analysis.judge`), not by "
                     "people" + (f": {html.escape(', '.join(judges))}" if judges else "") + ". Each repeat of a judge "
                     "counts as one rater (participant_id names judge, rubric and repeat); how far a judge can "
-                    "stand in for people is in its calibration against human ratings, not here.")
+                    "stand in for people is in its calibration against human ratings, not here."
+                    + _failed_judgments(ratings, criteria))
     elif kind == "mixed":
         report.text("## Human and judge ratings\n\nThe table mixes people's ratings with LLM judges' "
                     "(column rater_kind); each judge repeat counts as one rater.")

@@ -87,8 +87,9 @@ def repair_torn_tail(path: Path) -> int:
     return len(last)
 
 
-def iter_stories(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """Yield the stories of a store one line at a time, skipping (and reporting) a torn last line."""
+def iter_stories(path: str | os.PathLike, key: str = "story_id") -> Iterator[dict[str, Any]]:
+    """Yield the stories (records keyed by ``key``) of a store one line at a time, skipping (and reporting) a
+    torn last line."""
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: no such story store (expected a stories.jsonl file)")
@@ -104,19 +105,19 @@ def iter_stories(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
                     log.warning("%s: line %d is torn (interrupted write), skipped", path, number)
                     continue
                 raise StoreError(f"{path}: line {number} is not valid JSON ({error})") from None
-            if not isinstance(story, dict) or "story_id" not in story:
-                raise StoreError(f"{path}: line {number} has no 'story_id' field")
+            if not isinstance(story, dict) or key not in story:
+                raise StoreError(f"{path}: line {number} has no {key!r} field")
             yield story
 
 
-def unique_stories(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+def unique_stories(path: str | os.PathLike, key: str = "story_id") -> Iterator[dict[str, Any]]:
     """The stories of a store in file order, streamed; the first copy wins on a duplicate id."""
     seen: set[str] = set()
-    for story in iter_stories(path):
-        if story["story_id"] in seen:
-            log.warning("%s: duplicate story_id %s ignored", path, story["story_id"])
+    for story in iter_stories(path, key):
+        if story[key] in seen:
+            log.warning("%s: duplicate %s %s ignored", path, key, story[key])
             continue
-        seen.add(story["story_id"])
+        seen.add(story[key])
         yield story
 
 

@@ -40,7 +40,7 @@ from experiments.config import ConfigError, PromptConfig, SamplingConfig
 from experiments.files import utc_now
 from experiments.identity import canonical_json, setting_of
 from experiments.manifest import harness_version
-from experiments.store import StoryStore, repair_torn_tail
+from experiments.store import StoreError, StoryStore, unique_stories
 
 log = logging.getLogger(__name__)
 
@@ -206,21 +206,13 @@ def judgment_record(judge: Judge, planned: PlannedJudgment, rubric: str, attempt
 
 
 def read_judgments(path: Path) -> list[dict[str, Any]]:
-    """The stored judgments, first copy of an id wins; a torn last line is set aside first."""
+    """The stored judgments, first copy of an id wins (a torn last line is skipped and reported)."""
     if not path.exists():
         return []
-    repair_torn_tail(path)
-    seen: dict[str, dict[str, Any]] = {}
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except ValueError as error:
-                raise JudgeInputError(f"{path}: line {number} is not valid JSON ({error})") from None
-            seen.setdefault(record["judgment_id"], record)
-    return list(seen.values())
+    try:
+        return list(unique_stories(path, key="judgment_id"))
+    except StoreError as error:
+        raise JudgeInputError(str(error)) from None
 
 
 def _answer(text: str, story: Any) -> tuple[dict[str, int], Optional[dict[str, dict]]]:

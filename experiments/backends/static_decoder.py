@@ -87,7 +87,10 @@ class Projection:
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], rows: Optional[int]):
         self.weight, self.bias, self.rows = weight.detach().contiguous(), None if bias is None else bias.detach(), rows
         self.packed = None
-        if rows is not None and weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+        # oneDNN's bfloat16 path needs AVX512 (BW, VL, DQ) or AVX-NE-CONVERT; an AVX2-only CPU (some EPYCs)
+        # has neither and multiplies the same tiles with F.linear.
+        if (rows is not None and weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, rows)
 
     def _tile(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -156,4 +156,5 @@ def test_judge_ratings_flow_through_the_report_labelled_as_judge_ratings(tmp_pat
     path = report_for_run(tmp_path / "run", out / "judge_ratings.csv")
     text = path.read_text()
     assert "## Judge ratings" in text and "## Human ratings" not in text and "judge ratings: `" in text
+    assert "All 6 judgments have scores." in text
     assert "llamacpp:SmolLM2-135M-Instruct.Q4_1.gguf" in text and "### Mixed-effects models" in text
