@@ -225,19 +225,23 @@ def score_token_alternatives(parsed: ParsedAnswer, tokens: Sequence[Mapping[str,
 
     ``tokens`` are the generated tokens in order, each ``{"token": text,
     "logprob": float, "top": [[text, logprob], ...]}``. None for every criterion
-    when their texts do not join to the answer (a server that normalised the
-    text: no offset can be trusted); None for one criterion when its score
+    when their texts do not join to the answer, whitespace around it aside (a
+    server that normalised the text: no offset can be trusted); None for one criterion when its score
     shares a token with other characters (":3", "3,"), since that token's
     alternatives are not a distribution over scores alone.
     """
     texts = [token["token"] for token in tokens]
-    if "".join(texts) != parsed.text:
+    joined = "".join(texts)
+    # Servers trim whitespace around the message (llama-server: the newlines a grammar allows after the
+    # object) but not its tokens: the same text once trimmed, offsets shifted by the whitespace cut in front.
+    if joined.strip() != parsed.text.strip():
         return {name: None for name in parsed.scores}
+    shift = (len(joined) - len(joined.lstrip())) - (len(parsed.text) - len(parsed.text.lstrip()))
     starts = [0, *itertools.accumulate(len(text) for text in texts)][:-1]
     result: dict[str, list[tuple[str, float]] | None] = {}
     for name, offset in parsed.score_offsets.items():
         # the last token starting at or before the offset; empty tokens before it are skipped
-        index = bisect.bisect_right(starts, offset) - 1
+        index = bisect.bisect_right(starts, offset + shift) - 1
         token = tokens[index]
         if token["token"].strip() != str(parsed.scores[name]):
             result[name] = None

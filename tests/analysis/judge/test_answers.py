@@ -277,3 +277,13 @@ def test_parsed_answer_is_frozen():
     assert isinstance(parsed, ParsedAnswer)
     with pytest.raises(AttributeError):
         parsed.extra_text = True  # type: ignore[misc]
+
+
+def test_whitespace_a_server_trimmed_from_the_answer_but_not_from_its_tokens_is_allowed():
+    # llama-server returns message.content stripped, its tokens not: "\n\n" after the object, "  " before it.
+    parsed = parse_answer(COMPACT)
+    tokens = [_token("  ", -0.01), *_tokenised(SPLIT_NOVELTY), _token("\n", -0.1), _token("\n", -0.1)]
+    alternatives = score_token_alternatives(parsed, tokens)
+    assert alternatives == score_token_alternatives(parsed, _tokenised(SPLIT_NOVELTY))
+    padded = parse_answer("\n" + COMPACT)  # the answer keeps one newline, the tokens have two
+    assert score_token_alternatives(padded, [_token("\n\n", -0.1), *_tokenised(SPLIT_NOVELTY)]) == alternatives
