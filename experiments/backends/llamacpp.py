@@ -107,10 +107,11 @@ class LlamaCppBackend(Backend):
                     finish_reason = "stop"
                     break
                 top = logits.max()
-                normaliser = top + np.log(np.exp(logits - top).sum())
-                logprobs.append(float(logits[token] - normaliser))
+                log_sum = np.log(np.exp(logits - top).sum())
+                # In this order, to the last bit the log-probs the backend always stored.
+                logprobs.append(float(logits[token] - top - log_sum))
                 if alternatives is not None:
-                    alternatives.append(self._alternatives(logits, normaliser, token, sampling.top_logprobs))
+                    alternatives.append(self._alternatives(logits, top, log_sum, token, sampling.top_logprobs))
                 tokens.append(token)
                 if sampling.stop:
                     decoded = llm.detokenize(tokens).decode("utf-8", errors="ignore")
@@ -131,12 +132,13 @@ class LlamaCppBackend(Backend):
     def _piece(self, token: int) -> str:
         return self.llm.detokenize([token]).decode("utf-8", errors="replace")
 
-    def _alternatives(self, logits: np.ndarray, normaliser: float, token: int, count: int) -> dict[str, Any]:
+    def _alternatives(self, logits: np.ndarray, top: float, log_sum: float, token: int,
+                      count: int) -> dict[str, Any]:
         """The chosen token and the ``count`` most likely ones, with log-probs of the untempered model."""
         best = np.argpartition(-logits, count)[:count] if count < len(logits) else np.arange(len(logits))
         best = best[np.argsort(-logits[best], kind="stable")]
-        return {"token": self._piece(token), "logprob": float(logits[token] - normaliser),
-                "top": [[self._piece(int(i)), float(logits[i] - normaliser)] for i in best]}
+        return {"token": self._piece(token), "logprob": float(logits[token] - top - log_sum),
+                "top": [[self._piece(int(i)), float(logits[i] - top - log_sum)] for i in best]}
 
     def close(self) -> None:
         if self.llm is not None:

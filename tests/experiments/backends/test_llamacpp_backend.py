@@ -51,6 +51,10 @@ def previous_loop(llm, request: StoryRequest, options: dict[str, Any], repeat_la
     n_vocab = llm.n_vocab()
     import llama_cpp
 
+    # From an empty cache, as the backend decodes every story: Llama.generate would otherwise reuse the cached
+    # prompt of the story before and evaluate only its last token, one token at a time, and on some CPUs
+    # (AVX2-only EPYC) a one-token evaluation's logits differ in their last bits from a batched one's.
+    llm.reset()
     for token in llm.generate(prompt_tokens, reset=True, **options):
         logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
         if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
