@@ -225,18 +225,21 @@ def score_token_alternatives(parsed: ParsedAnswer, tokens: Sequence[Mapping[str,
 
     ``tokens`` are the generated tokens in order, each ``{"token": text,
     "logprob": float, "top": [[text, logprob], ...]}``. None for every criterion
-    when their texts do not join to the answer, whitespace around it aside (a
+    when their texts do not hold the answer's JSON object verbatim, once (a
     server that normalised the text: no offset can be trusted); None for one criterion when its score
     shares a token with other characters (":3", "3,"), since that token's
     alternatives are not a distribution over scores alone.
     """
     texts = [token["token"] for token in tokens]
     joined = "".join(texts)
-    # Servers trim whitespace around the message (llama-server: the newlines a grammar allows after the
-    # object) but not its tokens: the same text once trimmed, offsets shifted by the whitespace cut in front.
-    if joined.strip() != parsed.text.strip():
+    # Servers tidy the message but not its tokens: llama-server trims the newlines a grammar allows after
+    # the object and takes a ```json fence off. The JSON object itself, found once and verbatim in the
+    # tokens, is what the offsets need; they shift by where it starts there.
+    start, end = parsed.json_span
+    found = joined.find(parsed.text[start:end])
+    if found < 0 or joined.find(parsed.text[start:end], found + 1) >= 0:
         return {name: None for name in parsed.scores}
-    shift = (len(joined) - len(joined.lstrip())) - (len(parsed.text) - len(parsed.text.lstrip()))
+    shift = found - start
     starts = [0, *itertools.accumulate(len(text) for text in texts)][:-1]
     result: dict[str, list[tuple[str, float]] | None] = {}
     for name, offset in parsed.score_offsets.items():

@@ -287,3 +287,13 @@ def test_whitespace_a_server_trimmed_from_the_answer_but_not_from_its_tokens_is_
     assert alternatives == score_token_alternatives(parsed, _tokenised(SPLIT_NOVELTY))
     padded = parse_answer("\n" + COMPACT)  # the answer keeps one newline, the tokens have two
     assert score_token_alternatives(padded, [_token("\n\n", -0.1), *_tokenised(SPLIT_NOVELTY)]) == alternatives
+
+
+def test_a_code_fence_the_server_took_off_the_answer_but_not_its_tokens_is_allowed():
+    # llama-server under a json_schema: content '{...}', tokens '```json\n{...}\n```'.
+    parsed = parse_answer(COMPACT)
+    tokens = [_token("```", -0.1), _token("json", -0.1), _token("\n", -0.1), *_tokenised(SPLIT_NOVELTY),
+              _token("\n", -0.1), _token("```", -0.1)]
+    assert score_token_alternatives(parsed, tokens) == score_token_alternatives(parsed, _tokenised(SPLIT_NOVELTY))
+    twice = [*_tokenised(SPLIT_NOVELTY), *_tokenised(SPLIT_NOVELTY)]  # which copy is the answer? none trusted
+    assert score_token_alternatives(parsed, twice) == {name: None for name in CRITERION_NAMES}
