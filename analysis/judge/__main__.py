@@ -19,7 +19,6 @@ Writes to DIR:
 from __future__ import annotations
 
 import html
-import json
 import logging
 from pathlib import Path
 

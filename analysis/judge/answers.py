@@ -249,8 +249,9 @@ def score_token_alternatives(parsed: ParsedAnswer, tokens: Sequence[Mapping[str,
         if token["token"].strip() != str(parsed.scores[name]):
             result[name] = None
             continue
-        top = [(str(text), float(logprob)) for text, logprob in token.get("top") or []]
-        if token["token"] not in {text for text, _ in top}:
+        # A log-prob a server sent as null (or not finite) says nothing about that token: left out.
+        top = [(str(text), float(logprob)) for text, logprob in token.get("top") or [] if logprob is not None]
+        if token["token"] not in {text for text, _ in top} and token.get("logprob") is not None:
             top.append((token["token"], float(token["logprob"])))
         result[name] = top
     return result

@@ -80,10 +80,12 @@ def _accepts(backend_type: type[Backend], backend_config: Any, sampling: Samplin
 
 
 def _structured_kind(config: JudgeConfig) -> str:
+    """How the schema travels: a grammar in process, else the request field the server's profile sends it in."""
     if config.backend != "openai":
         return "grammar"
-    profile = config.profile.value if hasattr(config.profile, "value") else str(config.profile)
-    return {"llamacpp": "grammar", "llamacpp_server": "json_schema"}.get(profile, "response_format")
+    from experiments.backends.openai_profiles import profile_of
+
+    return profile_of(config.profile).fields["json_schema"].name
 
 
 def build_judge(config: JudgeConfig, index: int) -> Judge:

@@ -297,3 +297,9 @@ def test_a_code_fence_the_server_took_off_the_answer_but_not_its_tokens_is_allow
     assert score_token_alternatives(parsed, tokens) == score_token_alternatives(parsed, _tokenised(SPLIT_NOVELTY))
     twice = [*_tokenised(SPLIT_NOVELTY), *_tokenised(SPLIT_NOVELTY)]  # which copy is the answer? none trusted
     assert score_token_alternatives(parsed, twice) == {name: None for name in CRITERION_NAMES}
+
+
+def test_a_null_log_prob_from_a_server_is_left_out_not_a_crash():
+    parsed = parse_answer(COMPACT)
+    tokens = _tokenised([_token(":", -0.01), _token(" 3", math.log(0.5), [[" 3", math.log(0.5)], [" 4", None]])])
+    assert score_token_alternatives(parsed, tokens)["novelty"] == [(" 3", math.log(0.5))]
